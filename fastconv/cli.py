@@ -1,0 +1,109 @@
+"""`python scripts/train.py` / `fastconv-train`: flags mapped one to one onto TrainConfig."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from fastconv import data
+from fastconv.config import STANDARDIZATIONS, ConfigError, TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train the CNN of 'Do it! 딥러닝 입문' (chapter 08-4) on Fashion-MNIST. "
+                    "Every default is the book's run.")
+    add = parser.add_argument
+    add("--xla", action="store_true", help="compile the steps with XLA (jit_compile)")
+    add("--epochs", type=_positive(int), default=DEFAULTS.epochs,
+        help=f"passes over the training set (default: {DEFAULTS.epochs})")
+    add("--batch-size", type=_positive(int), default=DEFAULTS.batch_size,
+        help=f"images per SGD step (default: {DEFAULTS.batch_size})")
+    add("--learning-rate", type=_positive(float), default=DEFAULTS.learning_rate,
+        help=f"SGD learning rate (default: {DEFAULTS.learning_rate})")
+    add("--kernels", type=_positive(int), default=DEFAULTS.n_kernels,
+        help=f"3x3 convolution kernels (default: {DEFAULTS.n_kernels})")
+    add("--units", type=_positive(int), default=DEFAULTS.units,
+        help=f"hidden units of the dense layer (default: {DEFAULTS.units})")
+    add("--seed", type=int, default=DEFAULTS.seed,
+        help=f"seed of the weights, the split and the batch order (default: {DEFAULTS.seed})")
+    add("--data-dir", default=None,
+        help=f"folder with the four Fashion-MNIST IDX files (default: ${data.ENV_VAR}, "
+             f"then {data.KERAS_CACHE}, then {data.DEBIAN_DIR}, then a Keras download)")
+    add("--standardize", choices=STANDARDIZATIONS, default=DEFAULTS.standardize,
+        help="'scale': x / 255, as the book; 'zscore': training-set mean and std "
+             f"(default: {DEFAULTS.standardize})")
+    add("--steps-per-call", type=_positive(int), default=None,
+        help="training steps per compiled call (default: a whole epoch)")
+    add("--eval-batch-size", type=_positive(int), default=DEFAULTS.eval_batch_size,
+        help=f"images per evaluation step (default: {DEFAULTS.eval_batch_size})")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        n_kernels=args.kernels, units=args.units, seed=args.seed, xla=args.xla,
+        standardize=args.standardize, data_dir=args.data_dir,
+        steps_per_call=args.steps_per_call, eval_batch_size=args.eval_batch_size)
+
+
+def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
+    """Runs the CLI; returns the process exit code. `started_at` is the process's start."""
+    started_at = started_at if started_at is not None else time.perf_counter()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        parser.error(str(error))
+
+    # TensorFlow's C++ start-up chatter (oneDNN notices, CUDA probing on machines without a
+    # GPU) buries the run's own lines; failures still reach us as Python exceptions.
+    # A user who wants the chatter sets TF_CPP_MIN_LOG_LEVEL=0.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from fastconv import runtime  # imports TensorFlow, so only now
+    from fastconv.run import TrainingDiverged, train_and_evaluate
+
+    versions = runtime.versions()
+    print(" | ".join(f"{name} {version}" for name, version in versions.items()))
+    print(f"device: {runtime.describe_device()}")
+    print("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
+    try:
+        result = train_and_evaluate(config, log=lambda line: print(line, flush=True))
+    except data.DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (TrainingDiverged, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    total_seconds = time.perf_counter() - started_at
+    print(f"validation accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}) | "
+          f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})")
+    print(f"compile {result.compile_seconds:.1f} s | training {result.train_seconds:.1f} s | "
+          f"total wall time {total_seconds:.1f} s")
+    return 0
+
+
+def main_entry() -> None:
+    """The console script `fastconv-train`."""
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The run's configuration: one frozen dataclass whose defaults are the book's run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+STANDARDIZATIONS = ("scale", "zscore")
+
+
+class ConfigError(ValueError):
+    """A configuration field holds a value the trainer cannot run with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; the defaults reproduce the book's run (chapter 08-4).
+
+    Attributes:
+      epochs: passes over the 48,000 training images.
+      batch_size: images per SGD step; the remainder of each epoch is dropped, as in the book.
+      learning_rate: plain SGD step size.
+      n_kernels: 3x3 convolution kernels.
+      units: hidden units of the dense layer.
+      seed: seeds the weights, the split of the data and the order of the batches.
+      xla: compile the training and evaluation steps with XLA (`jit_compile=True`).
+      standardize: "scale" divides pixels by 255 (the book); "zscore" subtracts the training
+        set's mean and divides by its standard deviation.
+      data_dir: folder holding the four Fashion-MNIST IDX files; None searches the usual places.
+      validation_fraction: share of the 60,000 training images held out, stratified by class.
+      steps_per_call: training steps per compiled call; None runs a whole epoch per call.
+      eval_batch_size: images per evaluation step (evaluation only reads, so it can be large).
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    n_kernels: int = 10
+    units: int = 100
+    seed: int = 42
+    xla: bool = False
+    standardize: str = "scale"
+    data_dir: str | None = None
+    validation_fraction: float = 0.2
+    steps_per_call: int | None = None
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "n_kernels", "units", "eval_batch_size"):
+            _require(name, getattr(self, name), getattr(self, name) >= 1, "must be at least 1")
+        if self.steps_per_call is not None:
+            _require("steps_per_call", self.steps_per_call, self.steps_per_call >= 1,
+                     "must be at least 1")
+        _require("learning_rate", self.learning_rate,
+                 math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                 "must be a positive number")
+        _require("validation_fraction", self.validation_fraction,
+                 0 < self.validation_fraction < 1, "must lie strictly between 0 and 1")
+        _require("standardize", self.standardize, self.standardize in STANDARDIZATIONS,
+                 f"must be one of {', '.join(STANDARDIZATIONS)}")
+        _require("seed", self.seed, 0 <= self.seed < 2**31, "must lie in [0, 2**31)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _require(field: str, value, ok: bool, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}={value!r} {what}")

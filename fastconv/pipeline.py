@@ -1,0 +1,95 @@
+"""tf.data pipelines: the images stay resident as one tensor and whole batches are gathered.
+
+Each epoch's order is a stateless function of (seed, epoch), so the batches are reshuffled
+every epoch, reproducible, and the same wherever a run starts or resumes. Batching, one-hot
+encoding and standardization run on whole batches: nothing is done per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from fastconv.data import IMAGE_SIZE, NUM_CLASSES
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardization:
+    """Pixels become (x - mean) / std; `scale` is the book's x / 255."""
+
+    mean: float = 0.0
+    std: float = 255.0
+
+    @classmethod
+    def named(cls, kind: str, train_images: np.ndarray) -> Standardization:
+        """"scale" (the book's x / 255) or "zscore" (the training images' mean and std)."""
+        if kind == "scale":
+            return cls()
+        if kind == "zscore":
+            pixels = train_images.astype(np.float64)
+            return cls(mean=float(pixels.mean()), std=float(pixels.std()))
+        raise ValueError(f"unknown standardization {kind!r}")
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        images = tf.cast(images, tf.float32)
+        if self.mean:
+            images = images - self.mean
+        return images * (1.0 / self.std) if self.std != 1.0 else images
+
+
+IDENTITY = Standardization(mean=0.0, std=1.0)
+
+
+def _batch_maker(images: np.ndarray, labels: np.ndarray, standardize: Standardization):
+    """A function from a batch of indices to (images (B, 28, 28, 1) float32, one-hot targets)."""
+    images = tf.constant(np.reshape(images, (-1, IMAGE_SIZE, IMAGE_SIZE, 1)))
+    labels = tf.constant(labels, tf.int32)
+
+    def make_batch(indices):
+        return (standardize(tf.gather(images, indices)),
+                tf.one_hot(tf.gather(labels, indices), NUM_CLASSES))
+
+    return make_batch
+
+
+def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The epoch's shuffled indices as (steps, batch_size); the remainder is dropped."""
+    steps = num_examples // batch_size
+    seeds = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    order = tf.random.experimental.stateless_shuffle(tf.range(num_examples), seed=seeds)
+    return tf.reshape(order[: steps * batch_size], [steps, batch_size])
+
+
+def training_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                     standardize: Standardization, first_epoch: int = 0) -> tf.data.Dataset:
+    """An endless stream of training batches, `len(images) // batch_size` per epoch.
+
+    Args:
+      images: uint8 or float images, (N, 28, 28) or (N, 28, 28, 1).
+      labels: class indices (N,).
+      batch_size: static batch size; each epoch drops its remainder so shapes never change.
+      seed: with the epoch number, fixes each epoch's order.
+      standardize: applied to each gathered batch.
+      first_epoch: the epoch the stream starts at (for resuming).
+    """
+    num_examples = len(images)
+    if batch_size > num_examples:
+        raise ValueError(f"batch_size={batch_size} is larger than the {num_examples} "
+                         "training images")
+    make_batch = _batch_maker(images, labels, standardize)
+    epochs = tf.data.Dataset.counter(start=first_epoch)
+    return (epochs.map(lambda epoch: epoch_order(num_examples, batch_size, seed, epoch))
+            .unbatch()
+            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def evaluation_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                       standardize: Standardization) -> tf.data.Dataset:
+    """Every image once, in order, in batches of `batch_size` (the last one may be smaller)."""
+    make_batch = _batch_maker(images, labels, standardize)
+    return (tf.data.Dataset.range(len(images), output_type=tf.int32).batch(batch_size)
+            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
