@@ -1,12 +1,12 @@
 """fastconv: a graph-compiled trainer of the CNN of 'Do it! 딥러닝 입문', chapter 08-4.
 
-    from fastconv import ConvolutionNetwork   # the book's class, compiled underneath
-    from fastconv import TrainConfig, train_and_evaluate
+from fastconv import ConvolutionNetwork   # the book's class, compiled underneath
+from fastconv import TrainConfig, train_and_evaluate
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvolutionNetwork", "TrainConfig", "train_and_evaluate", "__version__"]
+__all__ = ["ConvolutionNetwork", "TrainConfig", "__version__", "train_and_evaluate"]
 
 # Where each public name lives. They are imported on first use, so that `import fastconv`
 # (and the CLI's --help and flag errors) does not wait for TensorFlow to load.

@@ -51,11 +51,12 @@ class ConvolutionNetwork:
         seed = int(np.random.randint(2**31 - 1))
         self.model = ConvNet(self.n_kernels, self.units, seed=seed)
         self.trainer = Trainer(self.model, self.lr, xla=self.xla)
-        batches = iter(pipeline.training_batches(images, labels, self.batch_size, seed,
-                                                 pipeline.IDENTITY))
+        batches = iter(
+            pipeline.training_batches(images, labels, self.batch_size, seed, pipeline.IDENTITY)
+        )
         steps_per_epoch = tf.constant(len(images) // self.batch_size)
         for _ in range(epochs):
-            loss, _ = self.trainer.train(batches, steps_per_epoch)
+            loss, _, _ = self.trainer.train(batches, steps_per_epoch)
             self.losses.append(float(loss))
             if x_val is not None:
                 self.val_losses.append(self.get_loss(x_val, y_val))
@@ -67,8 +68,10 @@ class ConvolutionNetwork:
     def predict(self, x):
         """The class index of the largest logit, per image."""
         images = tf.constant(_as_images(x))
-        predictions = [self.trainer.predict_step(images[start:start + _EVAL_BATCH_SIZE]).numpy()
-                       for start in range(0, len(images), _EVAL_BATCH_SIZE)]
+        predictions = [
+            self.trainer.predict_step(images[start : start + _EVAL_BATCH_SIZE]).numpy()
+            for start in range(0, len(images), _EVAL_BATCH_SIZE)
+        ]
         return np.concatenate(predictions)
 
     def score(self, x, y):
@@ -81,8 +84,9 @@ class ConvolutionNetwork:
         return float(loss)
 
     def _evaluation_batches(self, x, y):
-        return pipeline.evaluation_batches(_as_images(x), _as_labels(y, "y_val"),
-                                           _EVAL_BATCH_SIZE, pipeline.IDENTITY)
+        return pipeline.evaluation_batches(
+            _as_images(x), _as_labels(y, "y_val"), _EVAL_BATCH_SIZE, pipeline.IDENTITY
+        )
 
 
 def _as_images(x) -> np.ndarray:
@@ -96,6 +100,7 @@ def _as_labels(y, name: str) -> np.ndarray:
     """Class indices of one-hot targets; anything else is refused rather than guessed at."""
     y = np.asarray(y)
     if y.ndim != 2 or not np.all((y == 0) | (y == 1)) or not np.all(y.sum(axis=1) == 1):
-        raise ValueError(f"{name} must be one-hot targets of shape (N, classes), "
-                         f"got shape {y.shape}")
+        raise ValueError(
+            f"{name} must be one-hot targets of shape (N, classes), got shape {y.shape}"
+        )
     return np.argmax(y, axis=1)

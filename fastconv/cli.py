@@ -31,40 +31,88 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train the CNN of 'Do it! 딥러닝 입문' (chapter 08-4) on Fashion-MNIST. "
-                    "Every default is the book's run.")
+        "Every default is the book's run.",
+    )
     add = parser.add_argument
     add("--xla", action="store_true", help="compile the steps with XLA (jit_compile)")
-    add("--epochs", type=_positive(int), default=DEFAULTS.epochs,
-        help=f"passes over the training set (default: {DEFAULTS.epochs})")
-    add("--batch-size", type=_positive(int), default=DEFAULTS.batch_size,
-        help=f"images per SGD step (default: {DEFAULTS.batch_size})")
-    add("--learning-rate", type=_positive(float), default=DEFAULTS.learning_rate,
-        help=f"SGD learning rate (default: {DEFAULTS.learning_rate})")
-    add("--kernels", type=_positive(int), default=DEFAULTS.n_kernels,
-        help=f"3x3 convolution kernels (default: {DEFAULTS.n_kernels})")
-    add("--units", type=_positive(int), default=DEFAULTS.units,
-        help=f"hidden units of the dense layer (default: {DEFAULTS.units})")
-    add("--seed", type=int, default=DEFAULTS.seed,
-        help=f"seed of the weights, the split and the batch order (default: {DEFAULTS.seed})")
-    add("--data-dir", default=None,
+    add(
+        "--epochs",
+        type=_positive(int),
+        default=DEFAULTS.epochs,
+        help=f"passes over the training set (default: {DEFAULTS.epochs})",
+    )
+    add(
+        "--batch-size",
+        type=_positive(int),
+        default=DEFAULTS.batch_size,
+        help=f"images per SGD step (default: {DEFAULTS.batch_size})",
+    )
+    add(
+        "--learning-rate",
+        type=_positive(float),
+        default=DEFAULTS.learning_rate,
+        help=f"SGD learning rate (default: {DEFAULTS.learning_rate})",
+    )
+    add(
+        "--kernels",
+        type=_positive(int),
+        default=DEFAULTS.n_kernels,
+        help=f"3x3 convolution kernels (default: {DEFAULTS.n_kernels})",
+    )
+    add(
+        "--units",
+        type=_positive(int),
+        default=DEFAULTS.units,
+        help=f"hidden units of the dense layer (default: {DEFAULTS.units})",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help=f"seed of the weights, the split and the batch order (default: {DEFAULTS.seed})",
+    )
+    add(
+        "--data-dir",
+        default=None,
         help=f"folder with the four Fashion-MNIST IDX files (default: ${data.ENV_VAR}, "
-             f"then {data.KERAS_CACHE}, then {data.DEBIAN_DIR}, then a Keras download)")
-    add("--standardize", choices=STANDARDIZATIONS, default=DEFAULTS.standardize,
+        f"then {data.KERAS_CACHE}, then {data.DEBIAN_DIR}, then a Keras download)",
+    )
+    add(
+        "--standardize",
+        choices=STANDARDIZATIONS,
+        default=DEFAULTS.standardize,
         help="'scale': x / 255, as the book; 'zscore': training-set mean and std "
-             f"(default: {DEFAULTS.standardize})")
-    add("--steps-per-call", type=_positive(int), default=None,
-        help="training steps per compiled call (default: a whole epoch)")
-    add("--eval-batch-size", type=_positive(int), default=DEFAULTS.eval_batch_size,
-        help=f"images per evaluation step (default: {DEFAULTS.eval_batch_size})")
+        f"(default: {DEFAULTS.standardize})",
+    )
+    add(
+        "--steps-per-call",
+        type=_positive(int),
+        default=None,
+        help="training steps per compiled call (default: a whole epoch)",
+    )
+    add(
+        "--eval-batch-size",
+        type=_positive(int),
+        default=DEFAULTS.eval_batch_size,
+        help=f"images per evaluation step (default: {DEFAULTS.eval_batch_size})",
+    )
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        n_kernels=args.kernels, units=args.units, seed=args.seed, xla=args.xla,
-        standardize=args.standardize, data_dir=args.data_dir,
-        steps_per_call=args.steps_per_call, eval_batch_size=args.eval_batch_size)
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        n_kernels=args.kernels,
+        units=args.units,
+        seed=args.seed,
+        xla=args.xla,
+        standardize=args.standardize,
+        data_dir=args.data_dir,
+        steps_per_call=args.steps_per_call,
+        eval_batch_size=args.eval_batch_size,
+    )
 
 
 def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
@@ -90,17 +138,21 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     print("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
     try:
         result = train_and_evaluate(config, log=lambda line: print(line, flush=True))
-    except data.DataError as error:
+    except (data.DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (TrainingDiverged, ValueError) as error:
+    except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     total_seconds = time.perf_counter() - started_at
-    print(f"validation accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}) | "
-          f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})")
-    print(f"compile {result.compile_seconds:.1f} s | training {result.train_seconds:.1f} s | "
-          f"total wall time {total_seconds:.1f} s")
+    print(
+        f"validation accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}) | "
+        f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})"
+    )
+    print(
+        f"compile {result.compile_seconds:.1f} s | training {result.train_seconds:.1f} s | "
+        f"total wall time {total_seconds:.1f} s"
+    )
     return 0
 
 

@@ -49,15 +49,30 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "n_kernels", "units", "eval_batch_size"):
             _require(name, getattr(self, name), getattr(self, name) >= 1, "must be at least 1")
         if self.steps_per_call is not None:
-            _require("steps_per_call", self.steps_per_call, self.steps_per_call >= 1,
-                     "must be at least 1")
-        _require("learning_rate", self.learning_rate,
-                 math.isfinite(self.learning_rate) and self.learning_rate > 0,
-                 "must be a positive number")
-        _require("validation_fraction", self.validation_fraction,
-                 0 < self.validation_fraction < 1, "must lie strictly between 0 and 1")
-        _require("standardize", self.standardize, self.standardize in STANDARDIZATIONS,
-                 f"must be one of {', '.join(STANDARDIZATIONS)}")
+            _require(
+                "steps_per_call",
+                self.steps_per_call,
+                self.steps_per_call >= 1,
+                "must be at least 1",
+            )
+        _require(
+            "learning_rate",
+            self.learning_rate,
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            "must be a positive number",
+        )
+        _require(
+            "validation_fraction",
+            self.validation_fraction,
+            0 < self.validation_fraction < 1,
+            "must lie strictly between 0 and 1",
+        )
+        _require(
+            "standardize",
+            self.standardize,
+            self.standardize in STANDARDIZATIONS,
+            f"must be one of {', '.join(STANDARDIZATIONS)}",
+        )
         _require("seed", self.seed, 0 <= self.seed < 2**31, "must lie in [0, 2**31)")
 
     def to_dict(self) -> dict:

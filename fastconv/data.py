@@ -13,8 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 28
 
@@ -29,8 +39,10 @@ KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 KERAS_CACHE = Path("~/.keras/datasets/fashion-mnist")
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FASHION_MNIST_DIR"
-HOW_TO_GET = ("install Debian's package (apt-get install dataset-fashion-mnist) or pass "
-              "--data-dir DIR holding the four IDX files")
+HOW_TO_GET = (
+    "install Debian's package (apt-get install dataset-fashion-mnist) or pass "
+    "--data-dir DIR holding the four IDX files"
+)
 
 _IDX_UBYTE = 0x08  # the only element type Fashion-MNIST uses
 
@@ -88,8 +100,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     expected = header + int(np.prod(shape, dtype=np.int64))
     if len(raw) != expected:
-        raise DataError(f"{path}: holds {len(raw)} bytes but its header {shape} "
-                        f"needs {expected}")
+        raise DataError(f"{path}: holds {len(raw)} bytes but its header {shape} needs {expected}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
@@ -97,15 +108,19 @@ def read_images_and_labels(images_path: Path, labels_path: Path) -> tuple[np.nda
     """Reads a pair of IDX files and checks that they describe the same labelled images."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(f"{images_path}: images of shape {images.shape[1:]}, "
-                        f"expected (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
+        raise DataError(
+            f"{images_path}: images of shape {images.shape[1:]}, "
+            f"expected (N, {IMAGE_SIZE}, {IMAGE_SIZE})"
+        )
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: labels of shape {labels.shape}, expected (N,)")
     if len(images) == 0:
         raise DataError(f"{images_path}: holds no images")
     if len(images) != len(labels):
-        raise DataError(f"{labels_path}: {len(labels)} labels for the {len(images)} images "
-                        f"of {images_path.name}")
+        raise DataError(
+            f"{labels_path}: {len(labels)} labels for the {len(images)} images "
+            f"of {images_path.name}"
+        )
     if labels.max() >= NUM_CLASSES:
         bad = int(np.argmax(labels >= NUM_CLASSES))
         raise DataError(f"{labels_path}: label {labels[bad]} at index {bad} is outside 0-9")
@@ -127,7 +142,7 @@ def holds_dataset(folder: Path) -> bool:
 def candidate_dirs() -> list[Path]:
     """Where the data set is looked for when no folder is given, in order."""
     found = [Path(os.environ[ENV_VAR])] if os.environ.get(ENV_VAR) else []
-    return found + [KERAS_CACHE.expanduser(), DEBIAN_DIR]
+    return [*found, KERAS_CACHE.expanduser(), DEBIAN_DIR]
 
 
 def locate(data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
@@ -155,8 +170,9 @@ def locate(data_dir: str | os.PathLike | None = None, download: bool = True) -> 
             reason = f"download failed: {str(error).splitlines()[0] if str(error) else error!r}"
     else:
         reason = "download not attempted"
-    raise DataError(f"Fashion-MNIST not found in {', '.join(map(str, searched))} ({reason}); "
-                    + HOW_TO_GET)
+    raise DataError(
+        f"Fashion-MNIST not found in {', '.join(map(str, searched))} ({reason}); " + HOW_TO_GET
+    )
 
 
 def _download(folder: Path) -> Path:
@@ -180,8 +196,7 @@ def load(data_dir: str | os.PathLike | None = None, download: bool = True) -> Fa
     return FashionMNIST(*train, *test, source=folder)
 
 
-def stratified_split(labels: np.ndarray, validation_fraction: float = 0.2,
-                     seed: int = 42) -> Split:
+def stratified_split(labels: np.ndarray, validation_fraction: float = 0.2, seed: int = 42) -> Split:
     """Holds out `validation_fraction` of every class, chosen at random with `seed`.
 
     On Fashion-MNIST's 60,000 images with the defaults: 48,000 / 12,000, every class
@@ -191,8 +206,10 @@ def stratified_split(labels: np.ndarray, validation_fraction: float = 0.2,
     train, validation = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        held_out = int(round(len(members) * validation_fraction))
+        held_out = round(len(members) * validation_fraction)
         validation.append(members[:held_out])
         train.append(members[held_out:])
-    return Split(train=rng.permutation(np.concatenate(train)),
-                 validation=rng.permutation(np.concatenate(validation)))
+    return Split(
+        train=rng.permutation(np.concatenate(train)),
+        validation=rng.permutation(np.concatenate(validation)),
+    )

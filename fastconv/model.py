@@ -18,16 +18,18 @@ class ConvNet(tf.Module):
     weights, zero biases, float32, in the book's order `[conv_w, conv_b, w1, b1, w2, b2]`.
     """
 
-    def __init__(self, n_kernels: int = 10, units: int = 100, seed: int | None = None,
-                 name: str = "conv_net"):
+    def __init__(
+        self, n_kernels: int = 10, units: int = 100, seed: int | None = None, name: str = "conv_net"
+    ):
         super().__init__(name=name)
         self.n_kernels, self.units = n_kernels, units
         # One generator for the three draws: distinct weights, reproducible from `seed`.
         glorot = keras.initializers.GlorotUniform(seed=keras.random.SeedGenerator(seed))
         n_features = POOLED_SIZE * POOLED_SIZE * n_kernels
         with self.name_scope:
-            self.conv_w = tf.Variable(glorot((KERNEL_SIZE, KERNEL_SIZE, 1, n_kernels)),
-                                      name="conv_w")
+            self.conv_w = tf.Variable(
+                glorot((KERNEL_SIZE, KERNEL_SIZE, 1, n_kernels)), name="conv_w"
+            )
             self.conv_b = tf.Variable(tf.zeros([n_kernels]), name="conv_b")
             self.w1 = tf.Variable(glorot((n_features, units)), name="w1")
             self.b1 = tf.Variable(tf.zeros([units]), name="b1")

@@ -24,7 +24,7 @@ class Standardization:
 
     @classmethod
     def named(cls, kind: str, train_images: np.ndarray) -> Standardization:
-        """"scale" (the book's x / 255) or "zscore" (the training images' mean and std)."""
+        """ "scale" (the book's x / 255) or "zscore" (the training images' mean and std)."""
         if kind == "scale":
             return cls()
         if kind == "zscore":
@@ -36,7 +36,8 @@ class Standardization:
         images = tf.cast(images, tf.float32)
         if self.mean:
             images = images - self.mean
-        return images * (1.0 / self.std) if self.std != 1.0 else images
+        # A division, not a multiplication by 1 / std: bit for bit the book's x / 255.
+        return images / self.std if self.std != 1.0 else images
 
 
 IDENTITY = Standardization(mean=0.0, std=1.0)
@@ -48,8 +49,10 @@ def _batch_maker(images: np.ndarray, labels: np.ndarray, standardize: Standardiz
     labels = tf.constant(labels, tf.int32)
 
     def make_batch(indices):
-        return (standardize(tf.gather(images, indices)),
-                tf.one_hot(tf.gather(labels, indices), NUM_CLASSES))
+        return (
+            standardize(tf.gather(images, indices)),
+            tf.one_hot(tf.gather(labels, indices), NUM_CLASSES),
+        )
 
     return make_batch
 
@@ -62,8 +65,14 @@ def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: tf.Tensor)
     return tf.reshape(order[: steps * batch_size], [steps, batch_size])
 
 
-def training_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                     standardize: Standardization, first_epoch: int = 0) -> tf.data.Dataset:
+def training_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    seed: int,
+    standardize: Standardization,
+    first_epoch: int = 0,
+) -> tf.data.Dataset:
     """An endless stream of training batches, `len(images) // batch_size` per epoch.
 
     Args:
@@ -76,20 +85,27 @@ def training_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, se
     """
     num_examples = len(images)
     if batch_size > num_examples:
-        raise ValueError(f"batch_size={batch_size} is larger than the {num_examples} "
-                         "training images")
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {num_examples} training images"
+        )
     make_batch = _batch_maker(images, labels, standardize)
     epochs = tf.data.Dataset.counter(start=first_epoch)
-    return (epochs.map(lambda epoch: epoch_order(num_examples, batch_size, seed, epoch))
-            .unbatch()
-            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        epochs.map(lambda epoch: epoch_order(num_examples, batch_size, seed, epoch))
+        .unbatch()
+        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
-def evaluation_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
-                       standardize: Standardization) -> tf.data.Dataset:
+def evaluation_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, standardize: Standardization
+) -> tf.data.Dataset:
     """Every image once, in order, in batches of `batch_size` (the last one may be smaller)."""
     make_batch = _batch_maker(images, labels, standardize)
-    return (tf.data.Dataset.range(len(images), output_type=tf.int32).batch(batch_size)
-            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.range(len(images), output_type=tf.int32)
+        .batch(batch_size)
+        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )

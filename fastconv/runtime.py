@@ -38,5 +38,9 @@ def describe_device() -> str:
 def versions() -> dict[str, str]:
     from fastconv import __version__
 
-    return {"fastconv": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "python": platform.python_version()}
+    return {
+        "fastconv": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+    }

@@ -30,8 +30,7 @@ class Trainer:
         self.train_step = tf.function(self._train_step, jit_compile=xla)
         self.eval_step = tf.function(self._eval_step, jit_compile=xla)
         # Prediction takes arrays of any length: relax the batch size instead of retracing.
-        self.predict_step = tf.function(self._predict_step, jit_compile=xla,
-                                        reduce_retracing=True)
+        self.predict_step = tf.function(self._predict_step, jit_compile=xla, reduce_retracing=True)
         self.train = tf.function(self._train)
         self.evaluate = tf.function(self._evaluate)
 
@@ -64,7 +63,11 @@ class Trainer:
         return tf.argmax(self.model.forpass(images), axis=1)
 
     def _train(self, iterator, num_steps):
-        """Runs `num_steps` training steps; returns their mean loss and accuracy."""
+        """Runs `num_steps` training steps.
+
+        Returns their mean loss, their accuracy, and whether every weight is still finite
+        (so the host learns of a divergence from the same read that fetches the loss).
+        """
         loss_sum = tf.constant(0.0)
         correct = tf.constant(0, tf.int64)
         images_seen = tf.constant(0, tf.int64)
@@ -74,8 +77,12 @@ class Trainer:
             loss_sum += loss
             correct += batch_correct
             images_seen += tf.shape(images, out_type=tf.int64)[0]
-        return (loss_sum / tf.cast(num_steps, tf.float32),
-                tf.cast(correct, tf.float32) / tf.cast(images_seen, tf.float32))
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.model.weights])
+        return (
+            loss_sum / tf.cast(num_steps, tf.float32),
+            tf.cast(correct, tf.float32) / tf.cast(images_seen, tf.float32),
+            finite,
+        )
 
     def _evaluate(self, dataset):
         """Mean loss and accuracy over every batch of `dataset`, in one call."""

@@ -1,0 +1,31 @@
+import os
+
+# Quiet TensorFlow's C++ logging in test output; set before any test imports TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest
+
+from fastconv import data
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> data.FashionMNIST:
+    """The real data set. The README's set-up installs it; its absence is a failure, not a skip."""
+    try:
+        return data.load(download=False)
+    except data.DataError as error:
+        pytest.fail(f"the real Fashion-MNIST is needed for this test: {error}")
+
+
+@pytest.fixture(scope="session")
+def book_split(fashion_mnist):
+    """The book's arrays: x (N, 28, 28, 1) / 255 and one-hot targets, train and validation."""
+    import numpy as np
+
+    split = data.stratified_split(fashion_mnist.train_labels)
+
+    def arrays(indices):
+        x = fashion_mnist.train_images[indices].reshape(-1, 28, 28, 1) / 255
+        return x, np.eye(10)[fashion_mnist.train_labels[indices]]
+
+    return arrays(split.train), arrays(split.validation)

@@ -1,0 +1,49 @@
+"""Writing small IDX files and synthetic data sets for the tests."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from fastconv import data
+
+
+def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    """The IDX encoding of a uint8 array: magic (0, 0, type, ndim), big-endian dims, data."""
+    header = bytes([0, 0, type_code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool | None = None) -> Path:
+    """Writes `array` as IDX; gzip-compressed when the name ends in .gz (or `compress`)."""
+    payload = idx_bytes(array)
+    if compress if compress is not None else path.suffix == ".gz":
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+    return path
+
+
+def synthetic_images(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random uint8 images with balanced labels 0-9."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    return images, labels
+
+
+def write_dataset(
+    folder: Path, train: int = 600, test: int = 100, compress: bool = True, seed: int = 0
+) -> Path:
+    """A complete small Fashion-MNIST folder of synthetic images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    for images_key, labels_key, count in (
+        ("train_images", "train_labels", train),
+        ("test_images", "test_labels", test),
+    ):
+        images, labels = synthetic_images(count, seed)
+        write_idx(folder / (data.FILES[images_key] + suffix), images)
+        write_idx(folder / (data.FILES[labels_key] + suffix), labels)
+    return folder

@@ -1,0 +1,67 @@
+"""The network computes the book's function, with the book's variables."""
+
+import numpy as np
+import pytest
+import reference
+import tensorflow as tf
+
+from fastconv.model import ConvNet, cross_entropy
+
+
+def randomized(model: ConvNet, seed: int = 0) -> ConvNet:
+    """Gives every variable, biases included, random values, so no term can hide."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        variable.assign(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+    return model
+
+
+def relative_error(actual, expected) -> float:
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def test_book_network_has_197210_parameters():
+    model = ConvNet(n_kernels=10, units=100)
+    shapes = [tuple(v.shape) for v in model.weights]
+    assert shapes == [(3, 3, 1, 10), (10,), (1960, 100), (100,), (100, 10), (10,)]
+    assert sum(int(np.prod(shape)) for shape in shapes) == 197_210
+
+
+def test_weights_are_glorot_uniform_and_biases_zero():
+    model = ConvNet(n_kernels=10, units=100, seed=1)
+    for weight, fan_in, fan_out in (
+        (model.conv_w, 9, 90),
+        (model.w1, 1960, 100),
+        (model.w2, 100, 10),
+    ):
+        limit = np.sqrt(6 / (fan_in + fan_out))
+        values = weight.numpy()
+        assert np.abs(values).max() <= limit
+        assert np.abs(values).max() > 0.9 * limit  # spread over the whole range
+        assert abs(values.mean()) < 0.1 * limit
+    for bias in (model.conv_b, model.b1, model.b2):
+        assert not np.any(bias.numpy())
+
+
+def test_seed_fixes_the_weights():
+    first, again, other = ConvNet(seed=5), ConvNet(seed=5), ConvNet(seed=6)
+    for a, b in zip(first.weights, again.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(first.w1.numpy(), other.w1.numpy())
+
+
+@pytest.mark.parametrize("n_kernels, units", [(10, 100), (4, 16)])
+def test_forpass_matches_float64_reference(n_kernels, units):
+    model = randomized(ConvNet(n_kernels, units))
+    images = np.random.default_rng(1).random((16, 28, 28, 1)).astype(np.float32)
+    logits = model.forpass(tf.constant(images)).numpy()
+    expected = reference.forpass(images, *(v.numpy().astype(np.float64) for v in model.weights))
+    assert relative_error(logits, expected) < 1e-5
+
+
+def test_loss_is_mean_softmax_cross_entropy():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 3, (32, 10)).astype(np.float32)
+    targets = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]
+    loss = float(cross_entropy(tf.constant(targets), tf.constant(logits)))
+    assert loss == pytest.approx(reference.cross_entropy(targets, logits), rel=1e-6)

@@ -1,0 +1,90 @@
+"""The tf.data pipelines: shapes, dtypes, values, and each epoch's order."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fastconv import pipeline
+
+
+def indexed_images(count: int) -> np.ndarray:
+    """Images that carry their own index in their first two pixels (base 256)."""
+    images = np.zeros((count, 28, 28), np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.divmod(np.arange(count), 256)
+    return images
+
+
+def indices_of(batch_images: tf.Tensor) -> np.ndarray:
+    """Recovers the indices from a batch of (x / 255) images."""
+    pixels = np.rint(batch_images.numpy()[:, 0, :2, 0] * 255).astype(int)
+    return pixels[:, 0] * 256 + pixels[:, 1]
+
+
+def epochs_of_indices(count=1000, batch_size=64, seed=3, epochs=2, first_epoch=0):
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    dataset = pipeline.training_batches(
+        indexed_images(count), labels, batch_size, seed, pipeline.Standardization(), first_epoch
+    )
+    steps = count // batch_size
+    batches = [indices_of(images) for images, _ in dataset.take(steps * epochs)]
+    return [np.concatenate(batches[e * steps : (e + 1) * steps]) for e in range(epochs)]
+
+
+def test_training_batches_have_static_shapes_and_book_values():
+    images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    labels = (np.arange(300) % 10).astype(np.uint8)
+    dataset = pipeline.training_batches(images, labels, 32, 0, pipeline.Standardization())
+    assert dataset.element_spec[0].shape == (32, 28, 28, 1)
+    assert dataset.element_spec[1].shape == (32, 10)
+    batch_images, targets = next(iter(dataset))
+    assert batch_images.dtype == tf.float32 and targets.dtype == tf.float32
+    # Every image of the batch is one of the inputs divided by 255, with its one-hot label.
+    flat_inputs = images.reshape(300, -1).astype(np.float32) / 255
+    for image, target in zip(batch_images.numpy(), targets.numpy()):
+        matches = np.flatnonzero(np.all(flat_inputs == image.reshape(-1), axis=1))
+        assert len(matches) == 1
+        np.testing.assert_array_equal(target, np.eye(10)[labels[matches[0]]])
+
+
+def test_each_epoch_is_a_fresh_permutation_with_the_remainder_dropped():
+    first, second = epochs_of_indices(count=1000, batch_size=64)
+    assert len(first) == len(second) == 15 * 64  # 1000 // 64 steps, 40 images dropped
+    assert len(set(first)) == len(first) and len(set(second)) == len(second)
+    assert not np.array_equal(first, second)
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    run = epochs_of_indices(seed=3, epochs=3)
+    again = epochs_of_indices(seed=3, epochs=3)
+    other_seed = epochs_of_indices(seed=4, epochs=3)
+    resumed = epochs_of_indices(seed=3, epochs=2, first_epoch=1)
+    for a, b in zip(run, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(run[0], other_seed[0])
+    np.testing.assert_array_equal(run[1], resumed[0])
+    np.testing.assert_array_equal(run[2], resumed[1])
+
+
+def test_zscore_standardizes_the_training_images():
+    images = np.random.default_rng(1).integers(0, 200, (500, 28, 28), dtype=np.uint8)
+    standardize = pipeline.Standardization.named("zscore", images)
+    standardized = standardize(tf.constant(images)).numpy().astype(np.float64)
+    assert abs(standardized.mean()) < 1e-4
+    assert abs(standardized.std() - 1) < 1e-4
+
+
+def test_evaluation_batches_cover_every_image_once_in_order():
+    images = indexed_images(2500)
+    labels = (np.arange(2500) % 10).astype(np.uint8)
+    batches = list(pipeline.evaluation_batches(images, labels, 1000, pipeline.Standardization()))
+    assert [len(b[0]) for b in batches] == [1000, 1000, 500]
+    np.testing.assert_array_equal(
+        np.concatenate([indices_of(b[0]) for b in batches]), np.arange(2500)
+    )
+    np.testing.assert_array_equal(np.concatenate([b[1].numpy().argmax(1) for b in batches]), labels)
+
+
+def test_batch_larger_than_the_data_is_refused():
+    images = np.zeros((10, 28, 28), np.uint8)
+    with pytest.raises(ValueError, match="batch_size=11 is larger than the 10"):
+        pipeline.training_batches(images, np.zeros(10, np.uint8), 11, 0, pipeline.Standardization())

@@ -1,0 +1,133 @@
+"""The compiled trainer: XLA and graph agree, SGD is SGD, nothing retraces, loss falls."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import synthetic_images
+
+from fastconv import data, pipeline
+from fastconv.config import TrainConfig
+from fastconv.model import ConvNet, cross_entropy
+from fastconv.run import TrainingDiverged, train_and_evaluate
+from fastconv.trainer import Trainer
+
+
+def batch(count=64, seed=0):
+    images, labels = synthetic_images(count, seed)
+    return (
+        tf.constant(images[..., None] / 255, tf.float32),
+        tf.one_hot(labels, 10, dtype=tf.float32),
+    )
+
+
+def synthetic_dataset(train=600, test=100) -> data.FashionMNIST:
+    train_images, train_labels = synthetic_images(train, seed=1)
+    test_images, test_labels = synthetic_images(test, seed=2)
+    return data.FashionMNIST(
+        train_images, train_labels, test_images, test_labels, source="synthetic"
+    )
+
+
+def test_xla_and_graph_steps_agree_to_float32_rounding():
+    images, targets = batch()
+    graph, xla = (Trainer(ConvNet(seed=3), 0.1, xla=flag) for flag in (False, True))
+    for _ in range(3):  # several steps, so differences would compound
+        graph_loss, graph_correct = graph.train_step(images, targets)
+        xla_loss, xla_correct = xla.train_step(images, targets)
+        np.testing.assert_allclose(xla_loss.numpy(), graph_loss.numpy(), rtol=1e-5)
+        assert int(xla_correct) == int(graph_correct)
+    for graph_weight, xla_weight in zip(graph.model.weights, xla.model.weights):
+        np.testing.assert_allclose(xla_weight.numpy(), graph_weight.numpy(), rtol=1e-5, atol=1e-6)
+    assert xla.optimizer.iterations.numpy() == 3
+
+
+def test_train_step_is_plain_sgd_on_the_book_loss():
+    images, targets = batch()
+    model = ConvNet(seed=4)
+    before = [v.numpy() for v in model.weights]
+    with tf.GradientTape() as tape:
+        expected_loss = cross_entropy(targets, model.forpass(images))
+    gradients = [g.numpy() for g in tape.gradient(expected_loss, model.weights)]
+    loss, _ = Trainer(model, 0.05, xla=False).train_step(images, targets)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-6)
+    for old, gradient, new in zip(before, gradients, model.weights):
+        np.testing.assert_allclose(new.numpy(), old - 0.05 * gradient, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_nothing_retraces_after_the_first_epoch(xla):
+    images, labels = synthetic_images(640)
+    trainer = Trainer(ConvNet(seed=0), 0.01, xla=xla)
+    standardize = pipeline.Standardization()
+    iterator = iter(pipeline.training_batches(images, labels, 32, 0, standardize))
+
+    def evaluation(count):
+        return pipeline.evaluation_batches(images[:count], labels[:count], 100, standardize)
+
+    trainer.train(iterator, tf.constant(20))  # the first epoch traces everything
+    trainer.evaluate(evaluation(640))
+    trainer.predict_step(tf.constant(images[:100, ..., None], tf.float32))
+    traced = trainer.trace_count()
+    for num_steps, count in ((20, 640), (7, 250), (13, 99)):
+        trainer.train(iterator, tf.constant(num_steps))
+        trainer.evaluate(evaluation(count))
+        trainer.predict_step(tf.constant(images[:count, ..., None], tf.float32))
+    assert trainer.trace_count() == traced
+
+
+def test_compile_warm_up_leaves_no_trace_in_the_run():
+    """A run's result does not depend on the warm-up step that compiles it."""
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, seed=9)
+    dataset = synthetic_dataset()
+    first = train_and_evaluate(config, dataset, log=lambda line: None)
+    second = train_and_evaluate(config, dataset, log=lambda line: None)
+    assert len(first.history) == 2
+    assert first.trainer.optimizer.iterations.numpy() == 2 * (480 // 32)
+    for a, b in zip(first.trainer.model.weights, second.trainer.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert first.history == [
+        dataclasses.replace(e, seconds=f.seconds, images_per_second=f.images_per_second)
+        for e, f in zip(second.history, first.history)
+    ]
+
+
+def test_blocks_of_steps_cover_the_epoch():
+    config = TrainConfig(epochs=1, batch_size=32, steps_per_call=4, seed=9)
+    result = train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    assert result.trainer.optimizer.iterations.numpy() == 480 // 32
+
+
+def test_diverging_loss_stops_the_run_with_epoch_and_steps():
+    config = TrainConfig(epochs=3, batch_size=32, learning_rate=1e10, steps_per_call=5)
+    with pytest.raises(TrainingDiverged, match=r"became .* in epoch 1, steps 1-5;"):
+        train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+
+
+def test_loss_falls_on_real_data(fashion_mnist):
+    split = data.stratified_split(fashion_mnist.train_labels)
+    standardize = pipeline.Standardization()
+    iterator = iter(
+        pipeline.training_batches(
+            fashion_mnist.train_images[split.train],
+            fashion_mnist.train_labels[split.train],
+            128,
+            42,
+            standardize,
+        )
+    )
+    validation = pipeline.evaluation_batches(
+        fashion_mnist.train_images[split.validation],
+        fashion_mnist.train_labels[split.validation],
+        1000,
+        standardize,
+    )
+    trainer = Trainer(ConvNet(seed=42), 0.01)
+    initial_loss, initial_accuracy = (float(v) for v in trainer.evaluate(validation))
+    block_losses = [float(trainer.train(iterator, tf.constant(100))[0]) for _ in range(4)]
+    val_loss, val_accuracy = (float(v) for v in trainer.evaluate(validation))
+    assert initial_loss > 2.0 and initial_accuracy < 0.3  # chance level before training
+    assert block_losses == sorted(block_losses, reverse=True)
+    assert val_loss < 0.75 * initial_loss
+    assert val_accuracy > 0.7
