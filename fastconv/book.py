@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from fastconv import pipeline
+from fastconv import pipeline, runtime
 from fastconv.data import IMAGE_SIZE
 from fastconv.model import ConvNet
 from fastconv.trainer import Trainer
@@ -50,7 +50,9 @@ class ConvolutionNetwork:
         images, labels = _as_images(x), _as_labels(y, "y")
         seed = int(np.random.randint(2**31 - 1))
         self.model = ConvNet(self.n_kernels, self.units, seed=seed)
-        self.trainer = Trainer(self.model, self.lr, xla=self.xla)
+        self.trainer = Trainer(
+            self.model, self.lr, xla=self.xla, shards=runtime.auto_shards(self.batch_size)
+        )
         batches = iter(
             pipeline.training_batches(images, labels, self.batch_size, seed, pipeline.IDENTITY)
         )

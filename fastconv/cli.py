@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="training steps per compiled call (default: a whole epoch)",
     )
     add(
+        "--shards",
+        type=_positive(int),
+        default=None,
+        help="split each batch into this many shards that run side by side and average their "
+        "gradients, the same mean gradient (default: 2 on a CPU, 1 on a GPU)",
+    )
+    add(
         "--eval-batch-size",
         type=_positive(int),
         default=DEFAULTS.eval_batch_size,
@@ -111,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         standardize=args.standardize,
         data_dir=args.data_dir,
         steps_per_call=args.steps_per_call,
+        shards=args.shards,
         eval_batch_size=args.eval_batch_size,
     )
 

@@ -9,6 +9,7 @@ from fastconv.data import IMAGE_SIZE, NUM_CLASSES
 
 KERNEL_SIZE = 3
 POOLED_SIZE = IMAGE_SIZE // 2  # the 2x2 max pool halves 28 to 14
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 
 
 class ConvNet(tf.Module):
@@ -41,13 +42,17 @@ class ConvNet(tf.Module):
         """The trainable variables in the book's order."""
         return [self.conv_w, self.conv_b, self.w1, self.b1, self.w2, self.b2]
 
-    def forpass(self, images: tf.Tensor) -> tf.Tensor:
-        """Logits (B, 10) for images (B, 28, 28, 1), exactly the book's `forpass`."""
-        conv = tf.nn.conv2d(images, self.conv_w, strides=1, padding="SAME") + self.conv_b
-        pooled = tf.nn.max_pool2d(tf.nn.relu(conv), ksize=2, strides=2, padding="VALID")
-        flat = tf.reshape(pooled, [tf.shape(images)[0], -1])
-        hidden = tf.nn.relu(tf.matmul(flat, self.w1) + self.b1)
-        return tf.matmul(hidden, self.w2) + self.b2
+    def forpass(self, images: tf.Tensor, xla_friendly: bool = False) -> tf.Tensor:
+        """Logits (B, 10) for images (B, 28, 28, 1): the book's `forpass`.
+
+        `xla_friendly` computes the same function in a form XLA's CPU code compiles well
+        (see `conv_relu_pool_matmul`); the default uses the book's `tf.nn` ops, which
+        graph mode runs as fused oneDNN kernels.
+        """
+        conv_relu_pool = conv_relu_pool_matmul if xla_friendly else conv_relu_pool_nn
+        flat = conv_relu_pool(images, self.conv_w, self.conv_b)
+        hidden = tf.nn.relu(tf.nn.bias_add(tf.matmul(flat, self.w1), self.b1))
+        return tf.nn.bias_add(tf.matmul(hidden, self.w2), self.b2)
 
     __call__ = forpass
 
@@ -55,3 +60,40 @@ class ConvNet(tf.Module):
 def cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """The book's loss: mean softmax cross-entropy of one-hot targets and logits."""
     return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits))
+
+
+def conv_relu_pool_nn(images, conv_w, conv_b):
+    """conv 3x3 SAME + bias, ReLU, 2x2 max pool, flattened (B, 14*14*K): the book's ops.
+
+    `bias_add` rather than `+` lets grappler fuse Conv2D + BiasAdd + Relu into one oneDNN op.
+    """
+    conv = tf.nn.bias_add(tf.nn.conv2d(images, conv_w, strides=1, padding="SAME"), conv_b)
+    pooled = tf.nn.max_pool2d(tf.nn.relu(conv), ksize=2, strides=2, padding="VALID")
+    return tf.reshape(pooled, [tf.shape(images)[0], -1])
+
+
+def conv_relu_pool_matmul(images, conv_w, conv_b):
+    """The same function as `conv_relu_pool_nn`, written for XLA's CPU compiler.
+
+    XLA's CPU convolution and max-pool gradient are several times slower than oneDNN's for
+    this layer, and it vectorizes a minor dimension of 10 channels poorly. So the conv is a
+    matmul of the kernels (K, 9) with the nine shifted copies of the image (9, B*28*28),
+    channels first so the long dimension is minor, and the pool is a reshape + reduce_max.
+    Values and gradients agree with the tf.nn ops to float32 rounding (ties in the pool
+    split the gradient among equal maxima, which for equal patches gives the same result).
+    """
+    n_kernels = conv_w.shape[-1]
+    batch = tf.shape(images)[0]
+    padded = tf.pad(images[..., 0], [[0, 0], [1, 1], [1, 1]])  # SAME for a 3x3 kernel
+    shifted = [
+        padded[:, dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE]
+        for dy in range(KERNEL_SIZE)
+        for dx in range(KERNEL_SIZE)
+    ]
+    patches = tf.reshape(tf.stack(shifted), [KERNEL_SIZE * KERNEL_SIZE, -1])
+    kernels = tf.reshape(conv_w, [KERNEL_SIZE * KERNEL_SIZE, n_kernels])
+    conv = tf.matmul(kernels, patches, transpose_a=True) + conv_b[:, None]  # (K, B*28*28)
+    windows = tf.reshape(tf.nn.relu(conv), [n_kernels, batch, POOLED_SIZE, 2, POOLED_SIZE, 2])
+    pooled = tf.reduce_max(windows, axis=[3, 5])  # (K, B, 14, 14)
+    # Back to the book's (B, 14, 14, K) order before flattening, so w1 keeps its meaning.
+    return tf.reshape(tf.transpose(pooled, [1, 2, 3, 0]), [batch, -1])

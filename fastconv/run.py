@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from fastconv import data, pipeline, runtime
@@ -41,6 +41,7 @@ class RunResult:
     test_accuracy: float
     compile_seconds: float
     train_seconds: float
+    xla_speed_ratio: float | None  # XLA over graph-mode speed, probed on CPU runs with --xla
     trainer: Trainer = dataclasses.field(repr=False)
 
 
@@ -82,19 +83,51 @@ def make_datasets(dataset: data.FashionMNIST, config: TrainConfig) -> Datasets:
     )
 
 
+@contextlib.contextmanager
+def state_restored(trainer: Trainer):
+    """Runs the block, then puts every variable of the trainer back as it was."""
+    snapshot = [v.numpy() for v in trainer.variables]
+    try:
+        yield
+    finally:
+        for variable, value in zip(trainer.variables, snapshot):
+            variable.assign(value)
+
+
 def compile_trainer(trainer: Trainer, datasets: Datasets) -> float:
     """Traces and compiles the training and evaluation functions; returns the seconds spent.
 
-    One real step compiles the training loop; the state it changes is put back afterwards,
-    so the run that follows is exactly the run without this warm-up.
+    One real step compiles the training loop; its changes are undone, so the run that
+    follows is exactly the run without this warm-up.
     """
     start = time.perf_counter()
-    snapshot = [v.numpy() for v in trainer.variables]
-    trainer.train(iter(datasets.train), tf.constant(1))
-    trainer.evaluate(datasets.validation.take(1))
-    for variable, value in zip(trainer.variables, snapshot):
-        variable.assign(value)
+    with state_restored(trainer):
+        trainer.train(iter(datasets.train), tf.constant(1))
+        trainer.evaluate(datasets.validation.take(1))
     return time.perf_counter() - start
+
+
+def xla_speed_ratio(trainer: Trainer, datasets: Datasets, steps: int = 50, rounds: int = 3):
+    """Speed of the XLA steps over graph-mode steps on the same weights: best of `rounds`.
+
+    Costs about a second: a graph-mode twin of the trainer is compiled, both run `rounds`
+    blocks of `steps` steps, and the XLA trainer's state is put back afterwards.
+    """
+    twin_model = ConvNet(trainer.model.n_kernels, trainer.model.units)
+    for twin, weight in zip(twin_model.weights, trainer.model.weights):
+        twin.assign(weight)
+    twin = Trainer(twin_model, trainer.learning_rate, xla=False, shards=trainer.shards)
+    seconds = {trainer: [], twin: []}
+    with state_restored(trainer):
+        iterators = {t: iter(datasets.train) for t in seconds}
+        for t in seconds:
+            t.train(iterators[t], tf.constant(1))  # compiles the twin
+        for _ in range(rounds):
+            for t, times in seconds.items():
+                start = time.perf_counter()
+                t.train(iterators[t], tf.constant(steps))[0].numpy()  # host read: waits
+                times.append(time.perf_counter() - start)
+    return min(seconds[twin]) / min(seconds[trainer])
 
 
 def train_and_evaluate(
@@ -103,6 +136,10 @@ def train_and_evaluate(
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Trains the book's network as `config` says and scores it on validation and test sets."""
+    shards = config.shards or runtime.auto_shards(config.batch_size)
+    threads = runtime.thread_counts(shards, config.xla)
+    if not runtime.set_threads(threads):  # only possible before TensorFlow's first op
+        log(f"note: TensorFlow already started; keeping its threads instead of {threads}")
     runtime.seed_everything(config.seed)
     dataset = dataset if dataset is not None else data.load(config.data_dir)
     datasets = make_datasets(dataset, config)
@@ -114,43 +151,49 @@ def train_and_evaluate(
         f"| {steps_per_epoch} steps of {config.batch_size} per epoch"
     )
 
-    trainer = Trainer(
-        ConvNet(config.n_kernels, config.units, seed=config.seed),
-        config.learning_rate,
-        xla=config.xla,
+    model = ConvNet(config.n_kernels, config.units, seed=config.seed)
+    trainer = Trainer(model, config.learning_rate, xla=config.xla, shards=shards)
+    log(
+        f"compiling ({'XLA' if config.xla else 'graph'}, {shards} shard(s) per step, "
+        f"{runtime.describe_threads()})..."
     )
-    log(f"compiling ({'XLA' if config.xla else 'graph'})...")
     compile_seconds = compile_trainer(trainer, datasets)
     log(f"compiled in {compile_seconds:.2f} s")
+    xla_ratio = None
+    if config.xla and not runtime.has_gpu():
+        xla_ratio = xla_speed_ratio(trainer, datasets)
+        if xla_ratio < 0.95:
+            log(
+                f"note: on this CPU the XLA steps ran at {xla_ratio:.2f}x the speed of graph "
+                "mode (measured just now, best of 3 x 50 steps); leave out --xla to train faster"
+            )
 
     iterator = iter(datasets.train)
     history = []
     train_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        losses, accuracies = [], []
+        loss_sum = accuracy_sum = 0.0
         for first_step in range(0, steps_per_epoch, steps_per_call):
             num_steps = min(steps_per_call, steps_per_epoch - first_step)
             loss, accuracy, finite = trainer.train(iterator, tf.constant(num_steps))
             loss = float(loss)  # host read: waits for the block, and the NaN check needs it
             if not (math.isfinite(loss) and bool(finite)):
                 what = (
-                    f"training loss became {loss}"
-                    if not math.isfinite(loss)
-                    else ("weights became non-finite")
+                    f"training loss became {loss}" if bool(finite) else "weights became non-finite"
                 )
                 raise TrainingDiverged(
                     f"{what} in epoch {epoch}, steps {first_step + 1}-{first_step + num_steps}; "
                     f"lower --learning-rate (now {config.learning_rate})"
                 )
-            losses.append(loss * num_steps)
-            accuracies.append(float(accuracy) * num_steps)
+            loss_sum += loss * num_steps
+            accuracy_sum += float(accuracy) * num_steps
         seconds = time.perf_counter() - epoch_start
         val_loss, val_accuracy = (float(v) for v in trainer.evaluate(datasets.validation))
         result = EpochResult(
             epoch,
-            sum(losses) / steps_per_epoch,
-            sum(accuracies) / steps_per_epoch,
+            loss_sum / steps_per_epoch,
+            accuracy_sum / steps_per_epoch,
             val_loss,
             val_accuracy,
             seconds,
@@ -174,9 +217,6 @@ def train_and_evaluate(
         test_accuracy,
         compile_seconds,
         train_seconds,
+        xla_ratio,
         trainer,
     )
-
-
-def median_images_per_second(history: list[EpochResult]) -> float:
-    return float(np.median([epoch.images_per_second for epoch in history]))

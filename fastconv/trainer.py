@@ -11,26 +11,40 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from fastconv.model import ConvNet, cross_entropy
+from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy
 
 
 class Trainer:
-    """Trains a ConvNet with SGD; `xla` compiles the per-batch steps with `jit_compile`.
+    """Trains a ConvNet with SGD on batches of one-hot targets.
 
-    XLA goes on the step only (as Keras does): the loop around it drives a tf.data iterator,
-    which XLA cannot compile.
+    Args:
+      model: the network; its weights are updated in place.
+      learning_rate: the SGD step size.
+      xla: compile the per-batch steps with XLA (`jit_compile=True`), on the forpass written
+        for XLA. XLA goes on the steps only, as Keras does: the loop around them drives a
+        tf.data iterator, which XLA cannot compile.
+      shards: split each batch into this many equal shards, each with its own forward and
+        backward pass, and average their gradients. The result is the batch's mean gradient
+        (up to float32 rounding); the shards are independent, so the executor runs them on
+        different cores at once, where one batch's chain of small ops would leave cores idle.
     """
 
-    def __init__(self, model: ConvNet, learning_rate: float, xla: bool = False):
+    def __init__(self, model: ConvNet, learning_rate: float, xla: bool = False, shards: int = 1):
         self.model = model
+        self.learning_rate = learning_rate
         self.xla = xla
+        self.shards = shards
         self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
         # Build the optimizer's variables now: tf.function may not create them on a later trace.
         self.optimizer.build(model.weights)
         self.train_step = tf.function(self._train_step, jit_compile=xla)
         self.eval_step = tf.function(self._eval_step, jit_compile=xla)
-        # Prediction takes arrays of any length: relax the batch size instead of retracing.
-        self.predict_step = tf.function(self._predict_step, jit_compile=xla, reduce_retracing=True)
+        # Prediction takes arrays of any length: one trace with a free batch dimension.
+        self.predict_step = tf.function(
+            self._predict_step,
+            jit_compile=xla,
+            input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)],
+        )
         self.train = tf.function(self._train)
         self.evaluate = tf.function(self._evaluate)
 
@@ -39,28 +53,49 @@ class Trainer:
         """All the state a step changes: the weights and the optimizer's variables."""
         return self.model.weights + list(self.optimizer.variables)
 
+    def _forpass(self, images):
+        return self.model.forpass(images, xla_friendly=self.xla)
+
     def _train_step(self, images, targets):
-        """One SGD step on a batch; returns its loss and number of correct predictions.
+        """One SGD step on a batch; returns its mean loss and number of correct predictions.
 
         The loss is the one computed for the update (before it), not the book's second
         forward pass after it: the same information for half the forward work.
         """
-        with tf.GradientTape() as tape:
-            logits = self.model.forpass(images)
-            loss = cross_entropy(targets, logits)
-        gradients = tape.gradient(loss, self.model.weights)
-        self.optimizer.apply_gradients(zip(gradients, self.model.weights))
-        return loss, _count_correct(targets, logits)
+        weights = self.model.weights
+        losses, gradients, correct = [], [], []
+        for shard_images, shard_targets in self._split(images, targets):
+            with tf.GradientTape() as tape:
+                logits = self._forpass(shard_images)
+                loss = cross_entropy(shard_targets, logits)
+            losses.append(loss)
+            gradients.append(tape.gradient(loss, weights))
+            correct.append(_count_correct(shard_targets, logits))
+        if self.shards > 1:  # equal shards: the mean of their means is the batch mean
+            gradients = [[tf.add_n(shard) / self.shards for shard in zip(*gradients)]]
+            losses = [tf.add_n(losses) / self.shards]
+        self.optimizer.apply_gradients(zip(gradients[0], weights))
+        return losses[0], tf.add_n(correct)
 
     def _eval_step(self, images, targets):
         """Sum of losses and number of correct predictions on a batch."""
-        logits = self.model.forpass(images)
-        losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-        return tf.reduce_sum(losses), _count_correct(targets, logits)
+        loss_sum, correct = [], []
+        for shard_images, shard_targets in self._split(images, targets):
+            logits = self._forpass(shard_images)
+            losses = tf.nn.softmax_cross_entropy_with_logits(labels=shard_targets, logits=logits)
+            loss_sum.append(tf.reduce_sum(losses))
+            correct.append(_count_correct(shard_targets, logits))
+        return tf.add_n(loss_sum), tf.add_n(correct)
 
     def _predict_step(self, images):
         """The predicted class of each image."""
-        return tf.argmax(self.model.forpass(images), axis=1)
+        return tf.argmax(self._forpass(images), axis=1)
+
+    def _split(self, images, targets):
+        """The batch's shards; one when the batch does not divide evenly (a last, short batch)."""
+        if self.shards == 1 or images.shape[0] is None or images.shape[0] % self.shards:
+            return [(images, targets)]
+        return zip(tf.split(images, self.shards), tf.split(targets, self.shards))
 
     def _train(self, iterator, num_steps):
         """Runs `num_steps` training steps.
@@ -99,7 +134,7 @@ class Trainer:
 
     def trace_count(self) -> int:
         """How many times the compiled functions were traced (a retrace adds one)."""
-        functions = (self.train, self.evaluate, self.train_step, self.eval_step)
+        functions = (self.train, self.evaluate, self.train_step, self.eval_step, self.predict_step)
         return sum(f.experimental_get_tracing_count() for f in functions)
 
 

@@ -61,6 +61,7 @@ def test_defaults_are_the_books_run():
         (["--learning-rate", "fast"], "argument --learning-rate: 'fast' is not a float"),
         (["--standardize", "minmax"], "argument --standardize: invalid choice: 'minmax'"),
         (["--seed", "-1"], "seed=-1 must lie in"),
+        (["--shards", "3"], "shards=3 must divide batch_size=128"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )

@@ -5,7 +5,7 @@ import pytest
 import reference
 import tensorflow as tf
 
-from fastconv.model import ConvNet, cross_entropy
+from fastconv.model import ConvNet, conv_relu_pool_matmul, conv_relu_pool_nn, cross_entropy
 
 
 def randomized(model: ConvNet, seed: int = 0) -> ConvNet:
@@ -65,3 +65,37 @@ def test_loss_is_mean_softmax_cross_entropy():
     targets = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]
     loss = float(cross_entropy(tf.constant(targets), tf.constant(logits)))
     assert loss == pytest.approx(reference.cross_entropy(targets, logits), rel=1e-6)
+
+
+def test_xla_friendly_forpass_matches_float64_reference():
+    model = randomized(ConvNet(10, 100), seed=3)
+    images = np.random.default_rng(4).random((16, 28, 28, 1)).astype(np.float32)
+    logits = model.forpass(tf.constant(images), xla_friendly=True).numpy()
+    expected = reference.forpass(images, *(v.numpy().astype(np.float64) for v in model.weights))
+    assert relative_error(logits, expected) < 1e-5
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_matmul_conv_pool_equals_tf_nn_in_values_and_gradients(jit_compile):
+    rng = np.random.default_rng(5)
+    images = tf.constant(rng.random((8, 28, 28, 1)), tf.float32)
+    conv_w = tf.Variable(rng.normal(0, 0.5, (3, 3, 1, 10)), dtype=tf.float32)
+    conv_b = tf.Variable(rng.normal(0, 0.5, 10), dtype=tf.float32)
+    upstream = tf.constant(rng.normal(size=(8, 1960)), tf.float32)
+
+    def values_and_gradients(conv_relu_pool):
+        @tf.function(jit_compile=jit_compile)
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                flat = conv_relu_pool(images, conv_w, conv_b)
+                # A random linear read-out, so every output gets its own gradient.
+                objective = tf.reduce_sum(flat * upstream)
+            return [flat, *tape.gradient(objective, [conv_w, conv_b, images])]
+
+        return [t.numpy() for t in run()]
+
+    expected = values_and_gradients(conv_relu_pool_nn)
+    actual = values_and_gradients(conv_relu_pool_matmul)
+    for name, a, e in zip(("values", "d conv_w", "d conv_b", "d images"), actual, expected):
+        assert relative_error(a, e) < 1e-5, name

@@ -10,7 +10,7 @@ from helpers import synthetic_images
 from fastconv import data, pipeline
 from fastconv.config import TrainConfig
 from fastconv.model import ConvNet, cross_entropy
-from fastconv.run import TrainingDiverged, train_and_evaluate
+from fastconv.run import TrainingDiverged, make_datasets, train_and_evaluate, xla_speed_ratio
 from fastconv.trainer import Trainer
 
 
@@ -41,6 +41,27 @@ def test_xla_and_graph_steps_agree_to_float32_rounding():
     for graph_weight, xla_weight in zip(graph.model.weights, xla.model.weights):
         np.testing.assert_allclose(xla_weight.numpy(), graph_weight.numpy(), rtol=1e-5, atol=1e-6)
     assert xla.optimizer.iterations.numpy() == 3
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_sharded_step_equals_the_whole_batch_step(xla):
+    """Averaging the gradients of equal shards gives the batch's mean gradient."""
+    images, targets = batch(count=128)
+    whole, sharded = (Trainer(ConvNet(seed=8), 0.1, xla=xla, shards=n) for n in (1, 2))
+    for _ in range(3):
+        whole_loss, whole_correct = whole.train_step(images, targets)
+        sharded_loss, sharded_correct = sharded.train_step(images, targets)
+        np.testing.assert_allclose(sharded_loss.numpy(), whole_loss.numpy(), rtol=1e-5)
+        assert int(sharded_correct) == int(whole_correct)
+    for a, b in zip(whole.model.weights, sharded.model.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+    # Evaluation sums over shards, and a short batch that does not split runs whole.
+    for count in (128, 33):
+        np.testing.assert_allclose(
+            [v.numpy() for v in sharded.eval_step(images[:count], targets[:count])],
+            [v.numpy() for v in whole.eval_step(images[:count], targets[:count])],
+            rtol=1e-5,
+        )
 
 
 def test_train_step_is_plain_sgd_on_the_book_loss():
@@ -131,3 +152,15 @@ def test_loss_falls_on_real_data(fashion_mnist):
     assert block_losses == sorted(block_losses, reverse=True)
     assert val_loss < 0.75 * initial_loss
     assert val_accuracy > 0.7
+
+
+def test_xla_speed_probe_leaves_the_trainer_as_it_was():
+    dataset = synthetic_dataset()
+    config = TrainConfig(batch_size=32, xla=True)
+    datasets = make_datasets(dataset, config)
+    trainer = Trainer(ConvNet(seed=2), 0.01, xla=True, shards=2)
+    before = [v.numpy() for v in trainer.variables]
+    ratio = xla_speed_ratio(trainer, datasets, steps=3, rounds=2)
+    assert 0 < ratio < 100
+    for variable, value in zip(trainer.variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)

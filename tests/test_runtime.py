@@ -1,0 +1,35 @@
+"""The process-level choices: shards per step and thread counts."""
+
+import pytest
+
+from fastconv import runtime
+
+
+@pytest.fixture
+def cpu_with(monkeypatch):
+    def set_cores(cores: int, gpu: bool = False):
+        monkeypatch.setattr(runtime, "cpu_cores", lambda: cores)
+        monkeypatch.setattr(runtime, "has_gpu", lambda: gpu)
+
+    return set_cores
+
+
+def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cpu_with):
+    cpu_with(2)
+    assert runtime.auto_shards(128) == 2
+    assert runtime.auto_shards(127) == 1
+    cpu_with(1)
+    assert runtime.auto_shards(128) == 1
+    cpu_with(8, gpu=True)
+    assert runtime.auto_shards(128) == 1
+
+
+def test_shards_get_the_cores_between_them_in_graph_mode(cpu_with):
+    cpu_with(2)
+    assert runtime.thread_counts(shards=2, xla=False) == (1, 2)
+    cpu_with(16)
+    assert runtime.thread_counts(shards=2, xla=False) == (8, 2)
+    assert runtime.thread_counts(shards=1, xla=False) is None
+    assert runtime.thread_counts(shards=2, xla=True) is None  # XLA's kernels want the threads
+    cpu_with(16, gpu=True)
+    assert runtime.thread_counts(shards=2, xla=False) is None
