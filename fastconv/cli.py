@@ -8,7 +8,7 @@ import sys
 import time
 
 from fastconv import data
-from fastconv.config import STANDARDIZATIONS, ConfigError, TrainConfig
+from fastconv.config import PRECISIONS, STANDARDIZATIONS, ConfigError, TrainConfig
 
 DEFAULTS = TrainConfig()
 
@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="training steps per compiled call (default: a whole epoch)",
     )
     add(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULTS.precision,
+        help="float32 (the book's numerics), mixed_bfloat16 or mixed_float16 (Keras policies: "
+        "float32 variables, logits and loss; loss scaling for float16), or auto: float16 on "
+        f"GPUs with tensor cores, bfloat16 on CPUs with bf16 units (default: {DEFAULTS.precision})",
+    )
+    add(
         "--shards",
         type=_positive(int),
         default=None,
@@ -119,6 +127,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data_dir=args.data_dir,
         steps_per_call=args.steps_per_call,
         shards=args.shards,
+        precision=args.precision,
         eval_batch_size=args.eval_batch_size,
     )
 

@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 STANDARDIZATIONS = ("scale", "zscore")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,9 @@ class TrainConfig:
       steps_per_call: training steps per compiled call; None runs a whole epoch per call.
       shards: split each batch into this many shards that run side by side and average
         their gradients (the same mean gradient); None picks 2 on a CPU, 1 on a GPU.
+      precision: "float32" (the book's numerics), a Keras mixed-precision policy
+        ("mixed_bfloat16", "mixed_float16": float32 variables, lower-precision compute), or
+        "auto", which picks by device (`fastconv.runtime.choose_precision`).
       eval_batch_size: images per evaluation step (evaluation only reads, so it can be large).
     """
 
@@ -46,6 +50,7 @@ class TrainConfig:
     validation_fraction: float = 0.2
     steps_per_call: int | None = None
     shards: int | None = None
+    precision: str = "float32"
     eval_batch_size: int = 1000
 
     def __post_init__(self):
@@ -79,6 +84,12 @@ class TrainConfig:
             self.standardize,
             self.standardize in STANDARDIZATIONS,
             f"must be one of {', '.join(STANDARDIZATIONS)}",
+        )
+        _require(
+            "precision",
+            self.precision,
+            self.precision in PRECISIONS,
+            f"must be one of {', '.join(PRECISIONS)}",
         )
         _require("seed", self.seed, 0 <= self.seed < 2**31, "must lie in [0, 2**31)")
 

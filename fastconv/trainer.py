@@ -27,6 +27,10 @@ class Trainer:
         backward pass, and average their gradients. The result is the batch's mean gradient
         (up to float32 rounding); the shards are independent, so the executor runs them on
         different cores at once, where one batch's chain of small ops would leave cores idle.
+
+    Under the model's `mixed_float16` policy the optimizer is Keras's `LossScaleOptimizer`:
+    the loss is scaled before differentiation, the gradients unscaled before the update, and
+    a step whose gradients are not finite is skipped while the scale is halved.
     """
 
     def __init__(self, model: ConvNet, learning_rate: float, xla: bool = False, shards: int = 1):
@@ -35,6 +39,9 @@ class Trainer:
         self.xla = xla
         self.shards = shards
         self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
+        self.loss_scaling = model.dtype_policy.name == "mixed_float16"
+        if self.loss_scaling:  # float16's range is too narrow for small gradients unscaled
+            self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
         # Build the optimizer's variables now: tf.function may not create them on a later trace.
         self.optimizer.build(model.weights)
         self.train_step = tf.function(self._train_step, jit_compile=xla)
@@ -68,8 +75,9 @@ class Trainer:
             with tf.GradientTape() as tape:
                 logits = self._forpass(shard_images)
                 loss = cross_entropy(shard_targets, logits)
+                scaled_loss = self.optimizer.scale_loss(loss) if self.loss_scaling else loss
             losses.append(loss)
-            gradients.append(tape.gradient(loss, weights))
+            gradients.append(tape.gradient(scaled_loss, weights))
             correct.append(_count_correct(shard_targets, logits))
         if self.shards > 1:  # equal shards: the mean of their means is the batch mean
             gradients = [[tf.add_n(shard) / self.shards for shard in zip(*gradients)]]

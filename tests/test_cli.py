@@ -62,6 +62,7 @@ def test_defaults_are_the_books_run():
         (["--standardize", "minmax"], "argument --standardize: invalid choice: 'minmax'"),
         (["--seed", "-1"], "seed=-1 must lie in"),
         (["--shards", "3"], "shards=3 must divide batch_size=128"),
+        (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )
