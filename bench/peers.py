@@ -43,6 +43,12 @@ PEERS = [
         rounds=2,
     ),
     Peer(
+        "keras_fit_spe50_bf16",
+        "keras",
+        "Keras fit, steps_per_execution=50, mixed_bfloat16",
+        {"steps_per_execution": 50, "jit_compile": False, "precision": "mixed_bfloat16"},
+    ),
+    Peer(
         "xla_naive",
         "fastconv",
         "XLA step of tf.nn.conv2d + max_pool2d (naive)",
@@ -52,10 +58,22 @@ PEERS = [
     Peer("fastconv", "fastconv", "fastconv graph (default)", {"xla": False}),
     Peer("fastconv_xla", "fastconv", "fastconv --xla", {"xla": True}),
     Peer(
+        "fastconv_bf16",
+        "fastconv",
+        "fastconv graph, mixed_bfloat16 (fastest)",
+        {"xla": False, "precision": "mixed_bfloat16"},
+    ),
+    Peer(
         "fastconv_b512",
         "fastconv",
         "fastconv graph, batch 512",
         {"xla": False, "batch_size": 512},
+    ),
+    Peer(
+        "fastconv_bf16_b512",
+        "fastconv",
+        "fastconv graph, mixed_bfloat16, batch 512",
+        {"xla": False, "precision": "mixed_bfloat16", "batch_size": 512},
     ),
     Peer("matmul_float32", "matmul", "2048x2048 matmul, float32", {"dtype": "float32"}),
     Peer("matmul_bfloat16", "matmul", "2048x2048 matmul, bfloat16", {"dtype": "bfloat16"}),
@@ -101,9 +119,10 @@ def _book(batches: int):
     return run_round, batches * BATCH_SIZE, {}
 
 
-def _keras(steps_per_execution: int, jit_compile: bool):
+def _keras(steps_per_execution: int, jit_compile: bool, precision: str = "float32"):
     import keras
 
+    keras.mixed_precision.set_global_policy(precision)
     x, y = _book_arrays()
     x = x.astype("float32")
     model = keras.Sequential(
@@ -126,10 +145,16 @@ def _keras(steps_per_execution: int, jit_compile: bool):
     def run_round():  # one epoch: 375 batches of 128, reshuffled; fit returns when done
         model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, shuffle=True, verbose=0)
 
-    return run_round, len(x) // BATCH_SIZE * BATCH_SIZE, {}
+    return run_round, len(x) // BATCH_SIZE * BATCH_SIZE, {"precision": precision}
 
 
-def _fastconv(xla: bool, naive: bool = False, shards: int | None = None, batch_size=BATCH_SIZE):
+def _fastconv(
+    xla: bool,
+    naive: bool = False,
+    shards: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    precision: str = "float32",
+):
     from fastconv import runtime
 
     shards = shards or runtime.auto_shards(batch_size)
@@ -158,7 +183,8 @@ def _fastconv(xla: bool, naive: bool = False, shards: int | None = None, batch_s
         pipeline.Standardization(),
     )
     trainer_class = NaiveXlaTrainer if naive else Trainer
-    trainer = trainer_class(ConvNet(seed=42), 0.01, xla=xla, shards=shards)
+    model = ConvNet(seed=42, dtype_policy=precision)
+    trainer = trainer_class(model, 0.01, xla=xla, shards=shards)
     iterator = iter(batches)
     steps = tf.constant(len(split.train) // batch_size)
     trainer.train(iterator, tf.constant(1))  # compile
@@ -166,7 +192,12 @@ def _fastconv(xla: bool, naive: bool = False, shards: int | None = None, batch_s
     def run_round():  # one epoch in one compiled call
         trainer.train(iterator, steps)[0].numpy()  # host read: waits for the block
 
-    details = {"shards": shards, "threads": runtime.describe_threads(), "batch_size": batch_size}
+    details = {
+        "shards": shards,
+        "threads": runtime.describe_threads(),
+        "batch_size": batch_size,
+        "precision": precision,
+    }
     return run_round, int(steps) * batch_size, details
 
 

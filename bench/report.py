@@ -38,7 +38,7 @@ def format_table(rows: list[dict], machine: dict) -> str:
     for row in sorted(training, key=lambda r: r["images_per_second"]):
         speed = row["images_per_second"]
         gflops = speed * training_flops_per_image() / 1e9
-        ceiling = ceilings.get(row.get("precision", "float32"))
+        ceiling = ceilings.get(row.get("precision", "float32").removeprefix("mixed_"))
         lines.append(
             f"{row['label']:52} {speed:9,.0f} {_ratio(speed, keras_best):>8} "
             f"{_ratio(speed, book_speed):>7} {gflops:8.1f} "
@@ -46,7 +46,28 @@ def format_table(rows: list[dict], machine: dict) -> str:
         )
     for dtype, gflops in sorted(ceilings.items()):
         lines.append(f"ceiling: 2048x2048 matmul in {dtype}: {gflops:,.0f} GFLOP/s")
-    return "\n".join(lines)
+    return "\n".join(lines + _headline(training, keras_best, book_speed))
+
+
+def _headline(training: list[dict], keras_best: float | None, book_speed: float | None):
+    """The ratios the project promises, at the book's batch size of 128."""
+    at_128 = {
+        r["peer"]: r["images_per_second"] for r in training if r.get("batch_size", 128) == 128
+    }
+    fastest = max((p for p in at_128 if p.startswith("fastconv")), key=at_128.get, default=None)
+    lines = []
+    if fastest:
+        lines.append(
+            f"fastest fastconv at batch 128 ({fastest}): {_ratio(at_128[fastest], keras_best)} "
+            f"Keras fit's best, {_ratio(at_128[fastest], book_speed)} the book's eager class"
+        )
+    if "fastconv_xla" in at_128:
+        xla = at_128["fastconv_xla"]
+        lines.append(
+            f"--xla: {_ratio(xla, at_128.get('xla_naive'))} the naive XLA step, "
+            f"{_ratio(xla, at_128.get('fastconv'))} fastconv's graph path"
+        )
+    return lines
 
 
 def _ratio(value: float, reference: float | None) -> str:

@@ -79,11 +79,14 @@ def cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 def conv_relu_pool_nn(images, conv_w, conv_b):
     """conv 3x3 SAME + bias, ReLU, 2x2 max pool, flattened (B, 14*14*K): the book's ops.
 
-    `bias_add` rather than `+` lets grappler fuse Conv2D + BiasAdd + Relu into one oneDNN op.
+    Pooled first: a per-channel bias is the same over a window and ReLU is monotonic, so
+    relu(max(conv) + b) equals max(relu(conv + b)) exactly (float rounding keeps order), in
+    values and in the gradient the pool routes to each window's maximum. The bias, the ReLU
+    and their gradients then touch a quarter of the data (~11% faster in float32 here).
     """
-    conv = tf.nn.bias_add(tf.nn.conv2d(images, conv_w, strides=1, padding="SAME"), conv_b)
-    pooled = tf.nn.max_pool2d(tf.nn.relu(conv), ksize=2, strides=2, padding="VALID")
-    return tf.reshape(pooled, [tf.shape(images)[0], -1])
+    conv = tf.nn.conv2d(images, conv_w, strides=1, padding="SAME")
+    pooled = tf.nn.max_pool2d(conv, ksize=2, strides=2, padding="VALID")
+    return tf.reshape(tf.nn.relu(tf.nn.bias_add(pooled, conv_b)), [tf.shape(images)[0], -1])
 
 
 def conv_relu_pool_matmul(images, conv_w, conv_b):
@@ -92,9 +95,10 @@ def conv_relu_pool_matmul(images, conv_w, conv_b):
     XLA's CPU convolution and max-pool gradient are several times slower than oneDNN's for
     this layer, and it vectorizes a minor dimension of 10 channels poorly. So the conv is a
     matmul of the kernels (K, 9) with the nine shifted copies of the image (9, B*28*28),
-    channels first so the long dimension is minor, and the pool is a reshape + reduce_max.
-    Values and gradients agree with the tf.nn ops to float32 rounding (ties in the pool
-    split the gradient among equal maxima, which for equal patches gives the same result).
+    channels first so the long dimension is minor, and the pool is a reshape + reduce_max,
+    before bias and ReLU as above. Values and gradients agree with the tf.nn ops to float32
+    rounding (ties in the pool split the gradient among equal maxima, which for equal
+    patches gives the same result).
     """
     n_kernels = conv_w.shape[-1]
     batch = tf.shape(images)[0]
@@ -106,11 +110,12 @@ def conv_relu_pool_matmul(images, conv_w, conv_b):
     ]
     patches = tf.reshape(tf.stack(shifted), [KERNEL_SIZE * KERNEL_SIZE, -1])
     kernels = tf.reshape(conv_w, [KERNEL_SIZE * KERNEL_SIZE, n_kernels])
-    conv = tf.matmul(kernels, patches, transpose_a=True) + conv_b[:, None]  # (K, B*28*28)
-    windows = tf.reshape(tf.nn.relu(conv), [n_kernels, batch, POOLED_SIZE, 2, POOLED_SIZE, 2])
+    conv = tf.matmul(kernels, patches, transpose_a=True)  # (K, B*28*28)
+    windows = tf.reshape(conv, [n_kernels, batch, POOLED_SIZE, 2, POOLED_SIZE, 2])
     pooled = tf.reduce_max(windows, axis=[3, 5])  # (K, B, 14, 14)
+    activated = tf.nn.relu(pooled + conv_b[:, None, None, None])
     # Back to the book's (B, 14, 14, K) order before flattening, so w1 keeps its meaning.
-    return tf.reshape(tf.transpose(pooled, [1, 2, 3, 0]), [batch, -1])
+    return tf.reshape(tf.transpose(activated, [1, 2, 3, 0]), [batch, -1])
 
 
 def training_flops_per_image(n_kernels: int = 10, units: int = 100) -> int:
