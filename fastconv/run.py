@@ -113,8 +113,9 @@ def xla_speed_ratio(trainer: Trainer, datasets: Datasets, steps: int = 50, round
     Costs about a second: a graph-mode twin of the trainer is compiled, both run `rounds`
     blocks of `steps` steps, and the XLA trainer's state is put back afterwards.
     """
-    twin_model = ConvNet(trainer.model.n_kernels, trainer.model.units)
-    for twin, weight in zip(twin_model.weights, trainer.model.weights):
+    model = trainer.model
+    twin_model = ConvNet(model.n_kernels, model.units, dtype_policy=model.dtype_policy.name)
+    for twin, weight in zip(twin_model.weights, model.weights):
         twin.assign(weight)
     twin = Trainer(twin_model, trainer.learning_rate, xla=False, shards=trainer.shards)
     seconds = {trainer: [], twin: []}

@@ -16,24 +16,28 @@ def seed_everything(seed: int) -> None:
 
 
 def cpu_name() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The first value of `name` in /proc/cpuinfo; empty where there is none (not Linux)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
 
 
 def describe_device() -> str:
-    """One line naming the device the run computes on, e.g. 'CPU: AMD EPYC 9R14 (2 threads)'."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"GPU: {details.get('device_name', gpus[0].name)} (x{len(gpus)})"
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    return f"CPU: {cpu_name()} ({threads} threads)"
+    """One line naming the device the run computes on, e.g. 'CPU: AMD EPYC 9R14 (2 cores)'."""
+    device = this_device()
+    if device.kind == "GPU":
+        count = len(tf.config.list_physical_devices("GPU"))
+        return f"GPU: {device.name} (x{count}, compute capability {device.compute_capability})"
+    return f"CPU: {device.name} ({cpu_cores()} cores)"
 
 
 def versions() -> dict[str, str]:
@@ -148,15 +152,6 @@ def this_device() -> DeviceDescription:
         return DeviceDescription(
             "GPU", details.get("device_name", gpus[0].name), details.get("compute_capability")
         )
-    return DeviceDescription("CPU", cpu_name(), cpu_flags=_cpu_flags())
-
-
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return DeviceDescription(
+        "CPU", cpu_name(), cpu_flags=frozenset(_cpuinfo_field("flags").split())
+    )

@@ -30,17 +30,25 @@ def synthetic_dataset(train=600, test=100) -> data.FashionMNIST:
     )
 
 
+def assert_steps_agree(expected: Trainer, actual: Trainer, images, targets, steps: int = 3):
+    """Both trainers take `steps` steps on the batch: same losses, counts and weights.
+
+    Several steps, so that differences beyond float32 rounding would compound.
+    """
+    for _ in range(steps):
+        expected_loss, expected_correct = expected.train_step(images, targets)
+        actual_loss, actual_correct = actual.train_step(images, targets)
+        np.testing.assert_allclose(actual_loss.numpy(), expected_loss.numpy(), rtol=1e-5)
+        assert int(actual_correct) == int(expected_correct)
+    for e, a in zip(expected.model.weights, actual.model.weights):
+        np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-5, atol=1e-6)
+    assert actual.optimizer.iterations.numpy() == expected.optimizer.iterations.numpy() == steps
+
+
 def test_xla_and_graph_steps_agree_to_float32_rounding():
     images, targets = batch()
     graph, xla = (Trainer(ConvNet(seed=3), 0.1, xla=flag) for flag in (False, True))
-    for _ in range(3):  # several steps, so differences would compound
-        graph_loss, graph_correct = graph.train_step(images, targets)
-        xla_loss, xla_correct = xla.train_step(images, targets)
-        np.testing.assert_allclose(xla_loss.numpy(), graph_loss.numpy(), rtol=1e-5)
-        assert int(xla_correct) == int(graph_correct)
-    for graph_weight, xla_weight in zip(graph.model.weights, xla.model.weights):
-        np.testing.assert_allclose(xla_weight.numpy(), graph_weight.numpy(), rtol=1e-5, atol=1e-6)
-    assert xla.optimizer.iterations.numpy() == 3
+    assert_steps_agree(graph, xla, images, targets)
 
 
 @pytest.mark.parametrize("xla", [False, True])
@@ -48,13 +56,7 @@ def test_sharded_step_equals_the_whole_batch_step(xla):
     """Averaging the gradients of equal shards gives the batch's mean gradient."""
     images, targets = batch(count=128)
     whole, sharded = (Trainer(ConvNet(seed=8), 0.1, xla=xla, shards=n) for n in (1, 2))
-    for _ in range(3):
-        whole_loss, whole_correct = whole.train_step(images, targets)
-        sharded_loss, sharded_correct = sharded.train_step(images, targets)
-        np.testing.assert_allclose(sharded_loss.numpy(), whole_loss.numpy(), rtol=1e-5)
-        assert int(sharded_correct) == int(whole_correct)
-    for a, b in zip(whole.model.weights, sharded.model.weights):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+    assert_steps_agree(whole, sharded, images, targets)
     # Evaluation sums over shards, and a short batch that does not split runs whole.
     for count in (128, 33):
         np.testing.assert_allclose(
