@@ -17,7 +17,7 @@ from fastconv.trainer import Trainer
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss stopped being a finite number."""
+    """The training loss, or a weight, stopped being a finite number."""
 
 
 @dataclasses.dataclass(frozen=True)
