@@ -79,11 +79,9 @@ class Trainer:
             losses.append(loss)
             gradients.append(tape.gradient(scaled_loss, weights))
             correct.append(_count_correct(shard_targets, logits))
-        if self.shards > 1:  # equal shards: the mean of their means is the batch mean
-            gradients = [[tf.add_n(shard) / self.shards for shard in zip(*gradients)]]
-            losses = [tf.add_n(losses) / self.shards]
-        self.optimizer.apply_gradients(zip(gradients[0], weights))
-        return losses[0], tf.add_n(correct)
+        # Equal shards: the mean of their means is the batch mean.
+        self.optimizer.apply_gradients(zip([_mean(g) for g in zip(*gradients)], weights))
+        return _mean(losses), tf.add_n(correct)
 
     def _eval_step(self, images, targets):
         """Sum of losses and number of correct predictions on a batch."""
@@ -144,6 +142,11 @@ class Trainer:
         """How many times the compiled functions were traced (a retrace adds one)."""
         functions = (self.train, self.evaluate, self.train_step, self.eval_step, self.predict_step)
         return sum(f.experimental_get_tracing_count() for f in functions)
+
+
+def _mean(tensors):
+    """The mean of the shards' tensors; the tensor itself when the batch ran whole."""
+    return tensors[0] if len(tensors) == 1 else tf.add_n(tensors) / len(tensors)
 
 
 def _count_correct(targets, logits):

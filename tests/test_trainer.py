@@ -57,6 +57,9 @@ def test_sharded_step_equals_the_whole_batch_step(xla):
     images, targets = batch(count=128)
     whole, sharded = (Trainer(ConvNet(seed=8), 0.1, xla=xla, shards=n) for n in (1, 2))
     assert_steps_agree(whole, sharded, images, targets)
+    # A batch that does not split evenly trains whole, with its gradient unscaled.
+    odd_whole, odd_sharded = (Trainer(ConvNet(seed=8), 0.1, xla=xla, shards=n) for n in (1, 2))
+    assert_steps_agree(odd_whole, odd_sharded, images[:33], targets[:33])
     # Evaluation sums over shards, and a short batch that does not split runs whole.
     for count in (128, 33):
         np.testing.assert_allclose(
