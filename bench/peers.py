@@ -103,13 +103,13 @@ def _book_arrays():
 
 def _book(batches: int):
     import numpy as np
+    import tensorflow as tf
     from book_convnet import ConvolutionNetwork
 
     x, y = _book_arrays()
     network = ConvolutionNetwork(n_kernels=10, units=100, batch_size=BATCH_SIZE, learning_rate=0.01)
+    # What the book's fit does before its epochs; bench/ then times part of an epoch.
     network.init_weights(x.shape, 10)
-    import tensorflow as tf
-
     network.optimizer = tf.optimizers.SGD(learning_rate=network.lr)
     np.random.seed(0)
 

@@ -10,11 +10,16 @@ import pytest
 from peers import PEERS
 
 
+def timed_row(benchmark, worker, peer) -> dict:
+    """Times the peer's rounds after one warm-up round; its row for the table, sans result."""
+    benchmark.pedantic(worker.run_round, rounds=peer.rounds, iterations=1, warmup_rounds=1)
+    return {"peer": peer.name, "label": peer.label, "kind": peer.kind, **worker.details}
+
+
 @pytest.mark.parametrize("peer", [p for p in PEERS if p.is_training], ids=lambda p: p.name)
 def test_training_throughput(benchmark, peer_worker, record, peer):
     worker = peer_worker(peer.name)
-    benchmark.pedantic(worker.run_round, rounds=peer.rounds, iterations=1, warmup_rounds=1)
-    row = {"peer": peer.name, "label": peer.label, "kind": peer.kind, **worker.details}
+    row = timed_row(benchmark, worker, peer)
     row["images_per_second"] = worker.work_per_round / benchmark.stats.stats.median
     benchmark.extra_info.update(row)
     record(row)
@@ -23,8 +28,7 @@ def test_training_throughput(benchmark, peer_worker, record, peer):
 @pytest.mark.parametrize("peer", [p for p in PEERS if not p.is_training], ids=lambda p: p.name)
 def test_matmul_ceiling(benchmark, peer_worker, record, peer):
     worker = peer_worker(peer.name)
-    benchmark.pedantic(worker.run_round, rounds=peer.rounds, iterations=1, warmup_rounds=1)
-    row = {"peer": peer.name, "label": peer.label, "kind": peer.kind, **worker.details}
+    row = timed_row(benchmark, worker, peer)
     row["gflops"] = worker.work_per_round / benchmark.stats.stats.min / 1e9  # best: a ceiling
     benchmark.extra_info.update(row)
     record(row)
