@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -98,10 +99,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{path}: IDX header declares {ndim} dimensions but is cut short")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    expected = header + math.prod(shape)  # Python's integers: no overflow on absurd sizes
     if len(raw) != expected:
         raise DataError(f"{path}: holds {len(raw)} bytes but its header {shape} needs {expected}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    try:
+        return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    except ValueError:  # an empty array whose other dimensions exceed what NumPy can index
+        raise DataError(f"{path}: IDX dimensions {shape} are too large") from None
 
 
 def read_images_and_labels(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,8 @@ import gzip
 import numpy as np
 import pytest
 from helpers import idx_bytes, synthetic_images, write_dataset, write_idx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastconv import data
 
@@ -160,3 +162,30 @@ def test_split_depends_on_the_seed_alone(fashion_mnist):
     other = data.stratified_split(labels, seed=7)
     np.testing.assert_array_equal(first.validation, again.validation)
     assert not np.array_equal(np.sort(first.validation), np.sort(other.validation))
+
+
+# The IDX reader, fuzzed: whatever the bytes, the result is an array or a DataError.
+idx_headers = st.builds(
+    lambda type_code, dims: bytes([0, 0, type_code, len(dims)]) + np.asarray(dims, ">u4").tobytes(),
+    st.sampled_from([0x08, 0x08, 0x09, 0x0D]),
+    st.lists(st.integers(0, 40) | st.integers(0, 2**32 - 1), max_size=4),
+)
+idx_like = st.builds(lambda header, body: header + body, idx_headers, st.binary(max_size=3000))
+gzipped = st.builds(
+    lambda payload, cut: gzip.compress(payload)[:cut], idx_like, st.integers(0, 4000)
+)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=st.binary(max_size=200) | idx_like | gzipped)
+def test_read_idx_never_fails_but_with_data_error(tmp_path, raw):
+    path = tmp_path / "fuzzed"
+    path.write_bytes(raw)
+    try:
+        array = data.read_idx(path)
+    except data.DataError as error:
+        assert str(error).startswith(f"{path}: ")
+    else:
+        assert array.dtype == np.uint8 and array.ndim >= 1
