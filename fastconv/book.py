@@ -58,7 +58,7 @@ class ConvolutionNetwork:
         )
         steps_per_epoch = tf.constant(len(images) // self.batch_size)
         for _ in range(epochs):
-            loss, _, _ = self.trainer.train(batches, steps_per_epoch)
+            loss = self.trainer.train(batches, steps_per_epoch).loss
             self.losses.append(float(loss))
             if x_val is not None:
                 self.val_losses.append(self.get_loss(x_val, y_val))

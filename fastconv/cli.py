@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 
-from fastconv import data
-from fastconv.config import PRECISIONS, STANDARDIZATIONS, ConfigError, TrainConfig
+from fastconv import data, rundir
+from fastconv.config import (
+    PRECISIONS,
+    STANDARDIZATIONS,
+    ConfigError,
+    TrainConfig,
+    resumed,
+)
 
 DEFAULTS = TrainConfig()
 
@@ -110,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.eval_batch_size,
         help=f"images per evaluation step (default: {DEFAULTS.eval_batch_size})",
     )
+    add(
+        "--logdir",
+        default=None,
+        help="run folder for the configuration, checkpoints, metrics and TensorBoard logs "
+        "(default: runs/<date-time>)",
+    )
+    add(
+        "--resume",
+        action="store_true",
+        help="continue the run in --logdir from its latest checkpoint, up to --epochs; "
+        "flags left out keep the run's values",
+    )
+    add(
+        "--deterministic",
+        action="store_true",
+        help="TensorFlow's op determinism on top of the seeds: reruns give bit-identical weights",
+    )
+    add("--export", default=None, metavar="DIR", help="save the trained model as a SavedModel")
     return parser
 
 
@@ -128,6 +154,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         shards=args.shards,
         precision=args.precision,
         eval_batch_size=args.eval_batch_size,
+        logdir=args.logdir,
+        deterministic=args.deterministic,
+        export_dir=args.export,
     )
 
 
@@ -137,15 +166,25 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
-    except ConfigError as error:
-        parser.error(str(error))
+        config = configure(parser, args)
+        # The data are read before TensorFlow starts: a bad file fails in a blink.
+        dataset = data.load(config.data_dir)
+    except (data.DataError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    train_size = len(data.stratified_split(dataset.train_labels, config.validation_fraction).train)
+    if config.batch_size > train_size:
+        parser.error(
+            f"argument --batch-size: {config.batch_size} is larger than the {train_size} "
+            "training images"
+        )
 
     # TensorFlow's C++ start-up chatter (oneDNN notices, CUDA probing on machines without a
     # GPU) buries the run's own lines; failures still reach us as Python exceptions.
     # A user who wants the chatter sets TF_CPP_MIN_LOG_LEVEL=0.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from fastconv import runtime  # imports TensorFlow, so only now
+    from fastconv.interruption import Interrupted
     from fastconv.run import TrainingDiverged, train_and_evaluate
 
     versions = runtime.versions()
@@ -153,13 +192,22 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     print(f"device: {runtime.describe_device()}")
     print("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
     try:
-        result = train_and_evaluate(config, log=lambda line: print(line, flush=True))
-    except (data.DataError, ConfigError) as error:
+        result = train_and_evaluate(
+            config, dataset, log=lambda line: print(line, flush=True), resume=args.resume
+        )
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except TrainingDiverged as error:
+    except (TrainingDiverged, Interrupted) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code if isinstance(error, Interrupted) else 1
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted again before the block finished; "
+            f"the last checkpoint in {config.logdir} is kept",
+            file=sys.stderr,
+        )
+        return 130
     total_seconds = time.perf_counter() - started_at
     print(
         f"validation accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}) | "
@@ -167,9 +215,29 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     )
     print(
         f"compile {result.compile_seconds:.1f} s | training {result.train_seconds:.1f} s | "
-        f"total wall time {total_seconds:.1f} s"
+        f"total wall time {total_seconds:.1f} s | run folder {config.logdir}"
     )
     return 0
+
+
+def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """The run's configuration: from the flags, or for --resume the saved run's with the
+    flags' changes; flag values the trainer cannot run with are argparse errors."""
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        parser.error(str(error))
+    if not args.resume:
+        return dataclasses.replace(config, logdir=config.logdir or str(rundir.default_logdir()))
+    if not args.logdir:
+        parser.error("argument --resume: needs the --logdir of the run to continue")
+    saved = Path(args.logdir) / rundir.CONFIG
+    if not saved.is_file():
+        raise ConfigError(f"{saved}: not found; is {args.logdir} a fastconv run folder?")
+    try:
+        return resumed(TrainConfig(**rundir.read_json(saved)), config)
+    except (ValueError, TypeError) as error:  # JSON syntax, unknown or missing fields
+        raise ConfigError(f"{saved}: not a fastconv configuration ({error})") from None
 
 
 def main_entry() -> None:

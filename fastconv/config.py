@@ -6,6 +6,9 @@ import dataclasses
 import math
 
 STANDARDIZATIONS = ("scale", "zscore")
+# What a resumed run may change: where it ends, where it reads and writes, how it reports.
+# Everything else takes part in the arithmetic, so it must stay as the run began.
+RESUMABLE_CHANGES = ("epochs", "data_dir", "steps_per_call", "eval_batch_size", "export_dir")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -36,6 +39,11 @@ class TrainConfig:
         ("mixed_bfloat16", "mixed_float16": float32 variables, lower-precision compute), or
         "auto", which picks by device (`fastconv.runtime.choose_precision`).
       eval_batch_size: images per evaluation step (evaluation only reads, so it can be large).
+      logdir: the run folder (`fastconv.rundir`): configuration, checkpoints, metrics,
+        TensorBoard logs. None keeps nothing on disk.
+      deterministic: TensorFlow's op determinism on top of the seeds: a rerun gives
+        bit-identical weights.
+      export_dir: where to write the trained model as a SavedModel (`fastconv.export`).
     """
 
     epochs: int = 20
@@ -52,6 +60,9 @@ class TrainConfig:
     shards: int | None = None
     precision: str = "float32"
     eval_batch_size: int = 1000
+    logdir: str | None = None
+    deterministic: bool = False
+    export_dir: str | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "n_kernels", "units", "eval_batch_size"):
@@ -100,3 +111,24 @@ class TrainConfig:
 def _require(field: str, value, ok: bool, what: str) -> None:
     if not ok:
         raise ConfigError(f"{field}={value!r} {what}")
+
+
+def resumed(saved: TrainConfig, requested: TrainConfig) -> TrainConfig:
+    """The configuration a resumed run continues with: the saved run's, except where the
+    request changes what `RESUMABLE_CHANGES` lists. A field left at its default keeps the
+    saved value; a field of the arithmetic set to something else is a ConfigError.
+    """
+    defaults = TrainConfig()
+    changes = {}
+    for field in dataclasses.fields(TrainConfig):
+        name = field.name
+        wanted, was = getattr(requested, name), getattr(saved, name)
+        if wanted == getattr(defaults, name) or wanted == was or name == "logdir":
+            continue
+        if name not in RESUMABLE_CHANGES:
+            raise ConfigError(
+                f"{name}={wanted!r} differs from the resumed run's {name}={was!r}; "
+                "a resumed run keeps its configuration (start a new --logdir to change it)"
+            )
+        changes[name] = wanted
+    return dataclasses.replace(saved, **changes)

@@ -71,7 +71,7 @@ def training_batches(
     batch_size: int,
     seed: int,
     standardize: Standardization,
-    first_epoch: int = 0,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """An endless stream of training batches, `len(images) // batch_size` per epoch.
 
@@ -81,7 +81,8 @@ def training_batches(
       batch_size: static batch size; each epoch drops its remainder so shapes never change.
       seed: with the epoch number, fixes each epoch's order.
       standardize: applied to each gathered batch.
-      first_epoch: the epoch the stream starts at (for resuming).
+      start_step: the step the stream starts at, counted from the first step of epoch 0;
+        a resumed run passes its step count and gets exactly the batches it had not seen.
     """
     num_examples = len(images)
     if batch_size > num_examples:
@@ -89,10 +90,12 @@ def training_batches(
             f"batch_size={batch_size} is larger than the {num_examples} training images"
         )
     make_batch = _batch_maker(images, labels, standardize)
+    first_epoch, first_step = divmod(start_step, num_examples // batch_size)
     epochs = tf.data.Dataset.counter(start=first_epoch)
     return (
         epochs.map(lambda epoch: epoch_order(num_examples, batch_size, seed, epoch))
         .unbatch()
+        .skip(first_step)  # skips index rows only: nothing is gathered for them
         .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -5,19 +5,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import tensorflow as tf
 
-from fastconv import data, pipeline, runtime
+from fastconv import data, export, pipeline, rundir, runtime
+from fastconv.checkpoints import Checkpoints
 from fastconv.config import ConfigError, TrainConfig
+from fastconv.interruption import Interrupted, StopRequests
 from fastconv.model import ConvNet
 from fastconv.trainer import Trainer
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss, or a weight, stopped being a finite number."""
+
+
+class NothingToResume(ConfigError):
+    """--resume named a run folder without a checkpoint in it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +51,30 @@ class RunResult:
     train_seconds: float
     xla_speed_ratio: float | None  # XLA over graph-mode speed, probed on CPU runs with --xla
     trainer: Trainer = dataclasses.field(repr=False)
+    checkpoint: str | None = None  # the last checkpoint saved (with a logdir)
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What the run loop carries from block to block besides the trainer; saved with it.
+
+    The sums are over the steps of the current epoch, so a run resumed mid-epoch reports
+    the same epoch means as the run it continues.
+    """
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+    history: list[EpochResult] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, state: dict) -> LoopState:
+        history = [EpochResult(**epoch) for epoch in state.pop("history")]
+        return cls(**state, history=history)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +85,11 @@ class Datasets:
     validation: tf.data.Dataset
     test: tf.data.Dataset
     train_size: int
+    standardize: pipeline.Standardization
 
 
-def make_datasets(dataset: data.FashionMNIST, config: TrainConfig) -> Datasets:
+def make_datasets(dataset: data.FashionMNIST, config: TrainConfig, start_step: int = 0) -> Datasets:
+    """The run's pipelines; the training stream starts at `start_step` (a resumed run's)."""
     split = data.stratified_split(dataset.train_labels, config.validation_fraction, config.seed)
     if config.batch_size > len(split.train):
         raise ConfigError(
@@ -74,12 +108,14 @@ def make_datasets(dataset: data.FashionMNIST, config: TrainConfig) -> Datasets:
             config.batch_size,
             config.seed,
             standardize,
+            start_step,
         ),
         validation=evaluation(
             dataset.train_images[split.validation], dataset.train_labels[split.validation]
         ),
         test=evaluation(dataset.test_images, dataset.test_labels),
         train_size=len(split.train),
+        standardize=standardize,
     )
 
 
@@ -126,7 +162,7 @@ def xla_speed_ratio(trainer: Trainer, datasets: Datasets, steps: int = 50, round
         for _ in range(rounds):
             for t, times in seconds.items():
                 start = time.perf_counter()
-                t.train(iterators[t], tf.constant(steps))[0].numpy()  # host read: waits
+                t.train(iterators[t], tf.constant(steps)).loss.numpy()  # host read: waits
                 times.append(time.perf_counter() - start)
     return min(seconds[twin]) / min(seconds[trainer])
 
@@ -149,15 +185,47 @@ def train_and_evaluate(
     config: TrainConfig,
     dataset: data.FashionMNIST | None = None,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> RunResult:
-    """Trains the book's network as `config` says and scores it on validation and test sets."""
+    """Trains the book's network as `config` says and scores it on validation and test sets.
+
+    With `config.logdir`, the run keeps its configuration, checkpoints (every epoch, on
+    SIGUSR1, and when stopped by SIGINT or SIGTERM) and metrics there; `resume` continues
+    the run from the folder's latest checkpoint, exactly where it stopped.
+    """
     shards = config.shards or runtime.auto_shards(config.batch_size)
     threads = runtime.thread_counts(shards, config.xla)
     if not runtime.set_threads(threads):  # only possible before TensorFlow's first op
         log(f"note: TensorFlow already started; keeping its threads instead of {threads}")
+    if config.deterministic:
+        runtime.enable_determinism()
     runtime.seed_everything(config.seed)
     dataset = dataset if dataset is not None else data.load(config.data_dir)
-    datasets = make_datasets(dataset, config)
+
+    precision = resolve_precision(config.precision, log)
+    model = ConvNet(config.n_kernels, config.units, seed=config.seed, dtype_policy=precision)
+    trainer = Trainer(model, config.learning_rate, xla=config.xla, shards=shards)
+    logdir = Path(config.logdir) if config.logdir else None
+    checkpoints = Checkpoints(logdir / rundir.CHECKPOINTS, trainer) if logdir else None
+    state = LoopState()
+    if resume:
+        if checkpoints is None or checkpoints.latest is None:
+            raise NothingToResume(f"{logdir}: no checkpoint to resume from")
+        state = LoopState.from_json(checkpoints.restore_latest())
+        log(f"resumed from {checkpoints.latest} (step {int(trainer.step)})")
+    elif checkpoints is not None and checkpoints.latest is not None:
+        raise ConfigError(
+            f"{logdir} already holds a run's checkpoints: continue it with --resume, "
+            "or choose another --logdir"
+        )
+    if logdir:
+        rundir.write_json(logdir / rundir.CONFIG, config.to_dict())
+        rundir.write_json(
+            logdir / rundir.ENVIRONMENT,
+            {**runtime.versions(), "device": runtime.describe_device(), "precision": precision},
+        )
+
+    datasets = make_datasets(dataset, config, start_step=int(trainer.step))
     steps_per_epoch = datasets.train_size // config.batch_size
     steps_per_call = min(config.steps_per_call or steps_per_epoch, steps_per_epoch)
     log(
@@ -165,10 +233,6 @@ def train_and_evaluate(
         f"{len(dataset.train_images) - datasets.train_size}, test {len(dataset.test_images)} "
         f"| {steps_per_epoch} steps of {config.batch_size} per epoch"
     )
-
-    precision = resolve_precision(config.precision, log)
-    model = ConvNet(config.n_kernels, config.units, seed=config.seed, dtype_policy=precision)
-    trainer = Trainer(model, config.learning_rate, xla=config.xla, shards=shards)
     log(
         f"compiling ({'XLA' if config.xla else 'graph'}, {precision}, {shards} shard(s) per "
         f"step, {runtime.describe_threads()})..."
@@ -184,55 +248,135 @@ def train_and_evaluate(
                 "mode (measured just now, best of 3 x 50 steps); leave out --xla to train faster"
             )
 
+    def save_checkpoint() -> str | None:
+        return checkpoints.save(state.to_json()) if checkpoints else None
+
+    checkpoint = checkpoints.latest if checkpoints else None
     iterator = iter(datasets.train)
-    history = []
-    train_start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        loss_sum = accuracy_sum = 0.0
-        for first_step in range(0, steps_per_epoch, steps_per_call):
-            num_steps = min(steps_per_call, steps_per_epoch - first_step)
-            loss, accuracy, finite = trainer.train(iterator, tf.constant(num_steps))
-            loss = float(loss)  # host read: waits for the block, and the NaN check needs it
-            if not (math.isfinite(loss) and bool(finite)):
+    total_steps = config.epochs * steps_per_epoch
+    with StopRequests() as requests:
+        # The trainer's step counter is the loop's position: read between blocks only.
+        while (step := int(trainer.step)) < total_steps:
+            epoch, step_in_epoch = divmod(step, steps_per_epoch)
+            num_steps = min(steps_per_call, steps_per_epoch - step_in_epoch)
+            block_start = time.perf_counter()
+            block = trainer.train(iterator, tf.constant(num_steps))
+            loss = float(block.loss)  # host read: waits for the block
+            block_seconds = time.perf_counter() - block_start
+            if not bool(block.finite):
+                bad_step = step_in_epoch + int(block.steps)
                 what = (
-                    f"training loss became {loss}" if bool(finite) else "weights became non-finite"
+                    f"the loss became {loss}"
+                    if not math.isfinite(loss)
+                    else "a weight became non-finite"
                 )
                 raise TrainingDiverged(
-                    f"{what} in epoch {epoch}, steps {first_step + 1}-{first_step + num_steps}; "
+                    f"training diverged in epoch {epoch + 1} at step {bad_step} of "
+                    f"{steps_per_epoch}: {what}; {_kept(checkpoint)}; "
                     f"lower --learning-rate (now {config.learning_rate})"
                 )
-            loss_sum += loss * num_steps
-            accuracy_sum += float(accuracy) * num_steps
-        seconds = time.perf_counter() - epoch_start
-        val_loss, val_accuracy = (float(v) for v in trainer.evaluate(datasets.validation))
-        result = EpochResult(
-            epoch,
-            loss_sum / steps_per_epoch,
-            accuracy_sum / steps_per_epoch,
-            val_loss,
-            val_accuracy,
-            seconds,
-            steps_per_epoch * config.batch_size / seconds,
-        )
-        history.append(result)
-        log(
-            f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  "
-            f"loss {result.train_loss:.4f}  acc {result.train_accuracy:.4f} | "
-            f"val loss {val_loss:.4f}  acc {val_accuracy:.4f} | "
-            f"{seconds:.2f} s  {result.images_per_second:,.0f} img/s"
-        )
-    train_seconds = time.perf_counter() - train_start
+            state.loss_sum += float(block.loss_sum)
+            state.correct += int(block.correct)
+            state.epoch_seconds += block_seconds
+            state.train_seconds += block_seconds
+            saved = False
+            if step_in_epoch + num_steps == steps_per_epoch:
+                finish_epoch(epoch + 1, config, steps_per_epoch, state, trainer, datasets, log)
+                checkpoint, saved = save_checkpoint(), True
+            if requests.save_requested and not saved:
+                checkpoint, saved = save_checkpoint(), True
+                log(f"saved {checkpoint} (SIGUSR1)")
+            requests.save_requested = False
+            if requests.stop_signal is not None:
+                if not saved:
+                    checkpoint = save_checkpoint()
+                raise Interrupted(
+                    requests.stop_signal,
+                    _interrupted_message(requests.stop_signal, int(trainer.step), steps_per_epoch)
+                    + (
+                        f"; saved {checkpoint}; resume with: python scripts/train.py "
+                        f"--logdir {logdir} --resume"
+                        if checkpoint
+                        else "; no --logdir, so nothing was saved"
+                    ),
+                )
+
     test_loss, test_accuracy = (float(v) for v in trainer.evaluate(datasets.test))
-    return RunResult(
+    last = state.history[-1]
+    result = RunResult(
         config,
-        history,
-        history[-1].val_loss,
-        history[-1].val_accuracy,
+        state.history,
+        last.val_loss,
+        last.val_accuracy,
         test_loss,
         test_accuracy,
         compile_seconds,
-        train_seconds,
+        state.train_seconds,
         xla_ratio,
         trainer,
+        checkpoint,
     )
+    if logdir:
+        rundir.write_json(logdir / rundir.METRICS, metrics(result, steps_per_epoch))
+    if config.export_dir:
+        export.export(trainer, datasets.standardize, config.export_dir)
+        log(f"exported the model to {config.export_dir}")
+    return result
+
+
+def finish_epoch(epoch, config, steps_per_epoch, state, trainer, datasets, log) -> None:
+    """Evaluates on the validation set, appends the epoch to the history and says so."""
+    val_loss, val_accuracy = (float(v) for v in trainer.evaluate(datasets.validation))
+    result = EpochResult(
+        epoch,
+        state.loss_sum / steps_per_epoch,
+        state.correct / (steps_per_epoch * config.batch_size),
+        val_loss,
+        val_accuracy,
+        state.epoch_seconds,
+        steps_per_epoch * config.batch_size / state.epoch_seconds,
+    )
+    state.history.append(result)
+    state.loss_sum = state.epoch_seconds = 0.0
+    state.correct = 0
+    log(
+        f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  "
+        f"loss {result.train_loss:.4f}  acc {result.train_accuracy:.4f} | "
+        f"val loss {val_loss:.4f}  acc {val_accuracy:.4f} | "
+        f"{result.seconds:.2f} s  {result.images_per_second:,.0f} img/s"
+    )
+
+
+def metrics(result: RunResult, steps_per_epoch: int) -> dict:
+    """The run's final numbers, as metrics.json keeps them."""
+    last = result.history[-1]
+    images = len(result.history) * steps_per_epoch * result.config.batch_size
+    return {
+        "epochs": len(result.history),
+        "train_loss": last.train_loss,
+        "train_accuracy": last.train_accuracy,
+        "val_loss": result.val_loss,
+        "val_accuracy": result.val_accuracy,
+        "test_loss": result.test_loss,
+        "test_accuracy": result.test_accuracy,
+        "images_per_second": images / result.train_seconds,
+        "compile_seconds": result.compile_seconds,
+        "train_seconds": result.train_seconds,
+        "xla_speed_ratio": result.xla_speed_ratio,
+    }
+
+
+def _kept(checkpoint: str | None) -> str:
+    if checkpoint:
+        return f"the last good checkpoint, {checkpoint}, is kept"
+    return "no checkpoint had been saved"
+
+
+def _interrupted_message(signal_number: int, step: int, steps_per_epoch: int) -> str:
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    where = (
+        f"after epoch {epoch}"
+        if step_in_epoch == 0
+        else f"in epoch {epoch + 1} after step {step_in_epoch} of {steps_per_epoch}"
+    )
+    return f"interrupted by {signal.Signals(signal_number).name} {where}"

@@ -15,6 +15,11 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def enable_determinism() -> None:
+    """Makes TensorFlow's ops deterministic (an error for an op that cannot be)."""
+    tf.config.experimental.enable_op_determinism()
+
+
 def cpu_name() -> str:
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 

@@ -8,10 +8,30 @@ that needs Python (printing, logging, checkpoints) happens between blocks, in `f
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 
 from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy
+
+
+class Block(NamedTuple):
+    """What a block of training steps returns: a handful of scalars, read by the host at once.
+
+    The loss is summed in float64, where adding float32 losses is exact, so epoch means come
+    out bit for bit the same however the epoch was cut into blocks (or resumed between them).
+    """
+
+    steps: tf.Tensor  # steps run: fewer than asked when one turned the loss or a weight non-finite
+    loss_sum: tf.Tensor  # the sum of their losses, float64
+    correct: tf.Tensor  # correct predictions among their images, int64
+    finite: tf.Tensor  # whether the loss and every weight were finite after the last step
+
+    @property
+    def loss(self) -> tf.Tensor:
+        """The block's mean loss."""
+        return self.loss_sum / tf.cast(self.steps, tf.float64)
 
 
 class Trainer:
@@ -44,6 +64,9 @@ class Trainer:
             self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
         # Build the optimizer's variables now: tf.function may not create them on a later trace.
         self.optimizer.build(model.weights)
+        # Steps run so far: the x axis of the step summaries and, with the seed, the position
+        # in the data order that a resumed run continues from.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.train_step = tf.function(self._train_step, jit_compile=xla)
         self.eval_step = tf.function(self._eval_step, jit_compile=xla)
         # Prediction takes arrays of any length: one trace with a free batch dimension.
@@ -57,8 +80,8 @@ class Trainer:
 
     @property
     def variables(self) -> list[tf.Variable]:
-        """All the state a step changes: the weights and the optimizer's variables."""
-        return self.model.weights + list(self.optimizer.variables)
+        """All the state a step changes: the weights, the optimizer's variables, the step."""
+        return [*self.model.weights, *self.optimizer.variables, self.step]
 
     def _forpass(self, images):
         return self.model.forpass(images, xla_friendly=self.xla)
@@ -104,26 +127,29 @@ class Trainer:
         return zip(tf.split(images, self.shards), tf.split(targets, self.shards))
 
     def _train(self, iterator, num_steps):
-        """Runs `num_steps` training steps.
+        """Runs `num_steps` training steps, or fewer if one leaves the loss or a weight non-finite.
 
-        Returns their mean loss, their accuracy, and whether every weight is still finite
-        (so the host learns of a divergence from the same read that fetches the loss).
+        Each step is checked as it ends and the loop stops at the first bad one, so the host
+        learns the exact step of a divergence from the same read that fetches the loss.
         """
-        loss_sum = tf.constant(0.0)
+        loss_sum = tf.constant(0.0, tf.float64)
         correct = tf.constant(0, tf.int64)
-        images_seen = tf.constant(0, tf.int64)
+        steps = tf.constant(0)
+        finite = tf.constant(True)
         for _ in tf.range(num_steps):
             images, targets = next(iterator)
             loss, batch_correct = self.train_step(images, targets)
-            loss_sum += loss
+            self.step.assign_add(1)
+            steps += 1
+            loss_sum += tf.cast(loss, tf.float64)
             correct += batch_correct
-            images_seen += tf.shape(images, out_type=tf.int64)[0]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.model.weights])
-        return (
-            loss_sum / tf.cast(num_steps, tf.float32),
-            tf.cast(correct, tf.float32) / tf.cast(images_seen, tf.float32),
-            finite,
-        )
+            finite = tf.math.is_finite(loss) & self._weights_finite()
+            if not finite:
+                break
+        return Block(steps, loss_sum, correct, finite)
+
+    def _weights_finite(self):
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.model.weights])
 
     def _evaluate(self, dataset):
         """Mean loss and accuracy over every batch of `dataset`, in one call."""

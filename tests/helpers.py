@@ -1,8 +1,10 @@
-"""Writing small IDX files and synthetic data sets for the tests."""
+"""Small IDX files, synthetic data sets, and running the command-line scripts, for the tests."""
 
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +49,37 @@ def write_dataset(
         write_idx(folder / (data.FILES[images_key] + suffix), images)
         write_idx(folder / (data.FILES[labels_key] + suffix), labels)
     return folder
+
+
+def synthetic_dataset(train: int = 600, test: int = 100) -> data.FashionMNIST:
+    """An in-memory data set of random images (nothing to learn, everything to compute)."""
+    train_images, train_labels = synthetic_images(train, seed=1)
+    test_images, test_labels = synthetic_images(test, seed=2)
+    return data.FashionMNIST(
+        train_images, train_labels, test_images, test_labels, source="synthetic"
+    )
+
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+
+
+def run_script(name: str, *args: str, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    """Runs scripts/<name> with this interpreter; its output is captured as text."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
+
+
+def start_script(name: str, *args: str) -> subprocess.Popen:
+    """Starts scripts/<name>; stdout is a line-buffered text pipe, stderr is kept apart."""
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / name), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )

@@ -1,26 +1,25 @@
 """The command line, end to end: real runs in a subprocess, flag errors in-process."""
 
+import gzip
+import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import write_dataset
+from helpers import idx_bytes, run_script, write_dataset
 
 from fastconv import cli
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "train.py"
+
+def train(*flags: str, cwd: Path) -> subprocess.CompletedProcess:
+    """scripts/train.py run in `cwd`, where its default run folder (runs/...) lands."""
+    return run_script("train.py", *flags, cwd=cwd)
 
 
-def train(*flags: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *flags], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def test_one_epoch_on_real_data_with_xla():
-    run = train("--xla", "--epochs", "1")
+def test_one_epoch_on_real_data_with_xla(tmp_path):
+    run = train("--xla", "--epochs", "1", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     out = run.stdout
     assert "xla=True" in out and "batch_size=128" in out and "learning_rate=0.01" in out
@@ -38,6 +37,13 @@ def test_one_epoch_on_real_data_with_xla():
     assert final and float(final.group(1)) == float(epoch.group(3))
     assert float(final.group(2)) > 0.7
     assert "total wall time" in out
+    (logdir,) = (tmp_path / "runs").iterdir()  # the default run folder: runs/<date-time>
+    assert re.fullmatch(r"\d{8}-\d{6}", logdir.name)
+    assert json.loads((logdir / "config.json").read_text())["xla"] is True
+    metrics = json.loads((logdir / "metrics.json").read_text())
+    assert metrics["val_accuracy"] == pytest.approx(float(final.group(1)), abs=1e-4)
+    assert metrics["test_accuracy"] == pytest.approx(float(final.group(2)), abs=1e-4)
+    assert metrics["images_per_second"] > 0 and metrics["compile_seconds"] > 0
 
 
 def test_defaults_are_the_books_run():
@@ -73,30 +79,88 @@ def test_bad_flags_are_argparse_errors(capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
-def test_corrupt_data_file_is_one_line_naming_it(tmp_path):
-    folder = write_dataset(tmp_path / "data")
-    (folder / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00truncated")
-    run = train("--data-dir", str(folder), "--epochs", "1")
-    assert run.returncode == 2
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1
-    assert errors[0].startswith(
-        f"error: {folder / 'train-labels-idx1-ubyte.gz'}: corrupt or truncated gzip data"
-    )
-    assert "Traceback" not in run.stderr
-
-
-def test_batch_larger_than_training_set_is_refused(tmp_path):
+def test_batch_larger_than_training_set_is_an_argparse_error(tmp_path, capsys):
     folder = write_dataset(tmp_path / "data", train=100, test=20)
-    run = train("--data-dir", str(folder), "--batch-size", "81")
-    assert run.returncode == 2
-    assert "error: batch_size=81 is larger than the 80 training images" in run.stderr
-    assert "Traceback" not in run.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--data-dir", str(folder), "--batch-size", "81"])
+    assert exit_info.value.code == 2
+    assert "argument --batch-size: 81 is larger than the 80 training images" in (
+        capsys.readouterr().err
+    )
 
 
-def test_diverging_run_exits_non_zero_naming_the_epoch(tmp_path):
+def _replace(name: str, payload: bytes):
+    def damage(folder: Path) -> Path:
+        (folder / name).write_bytes(payload)
+        return folder / name
+
+    return damage
+
+
+def _delete(name: str):
+    def damage(folder: Path) -> Path:
+        (folder / name).unlink()
+        return folder  # the error names the folder it looked in, and the file it missed
+
+    return damage
+
+
+def _missing_folder(folder: Path) -> Path:
+    return folder / "nowhere"
+
+
+TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
+BAD_INPUTS = {
+    # name: (damage(folder) -> the path the error must name, the problem it must state)
+    "missing directory": (_missing_folder, "no such directory (--data-dir)"),
+    "missing file": (_delete(TRAIN_LABELS), "missing train-labels-idx1-ubyte (.gz or raw)"),
+    "truncated gzip": (
+        _replace(TRAIN_LABELS, gzip.compress(idx_bytes(np.zeros(600, np.uint8)))[:-9]),
+        "corrupt or truncated gzip data",
+    ),
+    "wrong magic number": (
+        _replace(TRAIN_IMAGES, gzip.compress(b"\x08\x03" + idx_bytes(np.zeros((2, 28, 28)))[2:])),
+        "not an IDX file (bad magic number",
+    ),
+    "counts differ": (
+        _replace(TRAIN_LABELS, gzip.compress(idx_bytes(np.zeros(599, np.uint8)))),
+        "599 labels for the 600 images",
+    ),
+    "label outside 0-9": (
+        _replace(TRAIN_LABELS, gzip.compress(idx_bytes(np.full(600, 10, np.uint8)))),
+        "label 10 at index 0 is outside 0-9",
+    ),
+    "wrong image size": (
+        _replace(TRAIN_IMAGES, gzip.compress(idx_bytes(np.zeros((600, 32, 32), np.uint8)))),
+        "images of shape (32, 32), expected (N, 28, 28)",
+    ),
+    "empty file": (_replace(TRAIN_IMAGES, b""), "file is empty"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_input_is_one_line_naming_the_file_exit_2(tmp_path, kind):
+    damage, problem = BAD_INPUTS[kind]
     folder = write_dataset(tmp_path / "data")
-    run = train("--data-dir", str(folder), "--learning-rate", "1e10", "--batch-size", "32")
+    named = damage(folder)
+    data_dir = named if kind.startswith("missing") else folder
+    run = train("--data-dir", str(data_dir), "--epochs", "1", cwd=tmp_path)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {named}"), run.stderr
+    assert problem in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_diverging_run_exits_1_naming_epoch_and_step(tmp_path):
+    run = train("--learning-rate", "1e4", "--logdir", "run", cwd=tmp_path)
     assert run.returncode == 1
-    assert re.search(r"error: .* in epoch 1, steps 1-15; lower --learning-rate", run.stderr)
-    assert "Traceback" not in run.stderr
+    # TensorFlow's import prints a few C++ log lines of its own that no setting silences.
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert re.fullmatch(
+        r"error: training diverged in epoch 1 at step \d+ of 375: .*; no checkpoint had been "
+        r"saved; lower --learning-rate \(now 10000.0\)",
+        lines[0],
+    )

@@ -20,12 +20,16 @@ def indices_of(batch_images: tf.Tensor) -> np.ndarray:
     return pixels[:, 0] * 256 + pixels[:, 1]
 
 
-def epochs_of_indices(count=1000, batch_size=64, seed=3, epochs=2, first_epoch=0):
+def stream_of_indices(count=1000, batch_size=64, seed=3, start_step=0):
     labels = (np.arange(count) % 10).astype(np.uint8)
-    dataset = pipeline.training_batches(
-        indexed_images(count), labels, batch_size, seed, pipeline.Standardization(), first_epoch
+    return pipeline.training_batches(
+        indexed_images(count), labels, batch_size, seed, pipeline.Standardization(), start_step
     )
+
+
+def epochs_of_indices(count=1000, batch_size=64, seed=3, epochs=2, first_epoch=0):
     steps = count // batch_size
+    dataset = stream_of_indices(count, batch_size, seed, first_epoch * steps)
     batches = [indices_of(images) for images, _ in dataset.take(steps * epochs)]
     return [np.concatenate(batches[e * steps : (e + 1) * steps]) for e in range(epochs)]
 
@@ -63,6 +67,13 @@ def test_order_is_a_function_of_seed_and_epoch():
     assert not np.array_equal(run[0], other_seed[0])
     np.testing.assert_array_equal(run[1], resumed[0])
     np.testing.assert_array_equal(run[2], resumed[1])
+
+
+def test_a_stream_started_mid_epoch_continues_the_same_sequence():
+    whole = [indices_of(images) for images, _ in stream_of_indices().take(40)]
+    resumed = [indices_of(images) for images, _ in stream_of_indices(start_step=22).take(18)]
+    for a, b in zip(whole[22:], resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_zscore_standardizes_the_training_images():

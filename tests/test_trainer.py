@@ -1,11 +1,12 @@
 """The compiled trainer: XLA and graph agree, SGD is SGD, nothing retraces, loss falls."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import synthetic_images
+from helpers import synthetic_dataset, synthetic_images
 
 from fastconv import data, pipeline
 from fastconv.config import TrainConfig
@@ -19,14 +20,6 @@ def batch(count=64, seed=0):
     return (
         tf.constant(images[..., None] / 255, tf.float32),
         tf.one_hot(labels, 10, dtype=tf.float32),
-    )
-
-
-def synthetic_dataset(train=600, test=100) -> data.FashionMNIST:
-    train_images, train_labels = synthetic_images(train, seed=1)
-    test_images, test_labels = synthetic_images(test, seed=2)
-    return data.FashionMNIST(
-        train_images, train_labels, test_images, test_labels, source="synthetic"
     )
 
 
@@ -125,10 +118,30 @@ def test_blocks_of_steps_cover_the_epoch():
     assert result.trainer.optimizer.iterations.numpy() == 480 // 32
 
 
-def test_diverging_loss_stops_the_run_with_epoch_and_steps():
+def test_diverging_loss_stops_the_run_at_the_step_that_diverged():
     config = TrainConfig(epochs=3, batch_size=32, learning_rate=1e10, steps_per_call=5)
-    with pytest.raises(TrainingDiverged, match=r"became .* in epoch 1, steps 1-5;"):
+    with pytest.raises(TrainingDiverged) as diverged:
         train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    message = str(diverged.value)
+    assert re.match(r"training diverged in epoch 1 at step \d+ of 15: the loss became nan", message)
+    bad_step = int(re.match(r".* at step (\d+)", message).group(1))
+    # The named step is the first bad one: the same steps one at a time stay finite before it.
+    trainer = Trainer(ConvNet(seed=42), 1e10, shards=2)
+    datasets = make_datasets(synthetic_dataset(), config)
+    iterator = iter(datasets.train)
+    for _ in range(bad_step - 1):
+        assert bool(trainer.train(iterator, tf.constant(1)).finite)
+    assert not bool(trainer.train(iterator, tf.constant(1)).finite)
+
+
+def test_a_block_stops_at_its_first_non_finite_step():
+    trainer = Trainer(ConvNet(seed=0), 1e10)
+    images, labels = synthetic_images(640)
+    iterator = iter(pipeline.training_batches(images, labels, 32, 0, pipeline.IDENTITY))
+    block = trainer.train(iterator, tf.constant(20))
+    assert not bool(block.finite)
+    assert 1 <= int(block.steps) < 20
+    assert int(trainer.step) == int(block.steps)
 
 
 def test_loss_falls_on_real_data(fashion_mnist):
@@ -151,7 +164,7 @@ def test_loss_falls_on_real_data(fashion_mnist):
     )
     trainer = Trainer(ConvNet(seed=42), 0.01)
     initial_loss, initial_accuracy = (float(v) for v in trainer.evaluate(validation))
-    block_losses = [float(trainer.train(iterator, tf.constant(100))[0]) for _ in range(4)]
+    block_losses = [float(trainer.train(iterator, tf.constant(100)).loss) for _ in range(4)]
     val_loss, val_accuracy = (float(v) for v in trainer.evaluate(validation))
     assert initial_loss > 2.0 and initial_accuracy < 0.3  # chance level before training
     assert block_losses == sorted(block_losses, reverse=True)

@@ -1,0 +1,198 @@
+"""Checkpoints, exact resume, interruption, kill -9, the NaN guard, determinism and export.
+
+The runs go through scripts/train.py in subprocesses (signals, exit codes, fresh processes)
+on a small synthetic data set, so each costs TensorFlow's start-up and little else.
+"""
+
+import json
+import random
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import run_script, start_script, synthetic_dataset, write_dataset
+
+from fastconv import rundir
+from fastconv.checkpoints import Checkpoints
+from fastconv.config import TrainConfig
+from fastconv.model import ConvNet
+from fastconv.run import TrainingDiverged, train_and_evaluate
+from fastconv.trainer import Trainer
+
+STEPS_PER_EPOCH = 50  # 2,000 synthetic images: 1,600 to train, in batches of 32
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), train=2000, test=200)
+
+
+def common_flags(data_dir: Path, logdir: Path) -> list[str]:
+    return ["--data-dir", str(data_dir), "--logdir", str(logdir), "--batch-size", "32"]
+
+
+def train(data_dir, logdir, *flags):
+    run = run_script("train.py", *common_flags(data_dir, logdir), "--deterministic", *flags)
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+def checkpoint_values(logdir: Path) -> dict[str, np.ndarray]:
+    """Every tensor of the run's latest checkpoint, by name (the save counter aside)."""
+    reader = tf.train.load_checkpoint(str(logdir / rundir.CHECKPOINTS))
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if not name.startswith(("save_counter", "_CHECKPOINTABLE"))
+    }
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    """Same weights, optimizer state and step, bit for bit; the same history but for timings."""
+    assert a.keys() == b.keys()
+    for name in a:
+        if name.startswith("run_state"):
+            histories = [json.loads(state)["history"] for state in (a[name], b[name])]
+            for history in histories:
+                for epoch in history:
+                    del epoch["seconds"], epoch["images_per_second"]
+            assert histories[0] == histories[1]
+        else:
+            assert np.array_equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory) -> Path:
+    """A deterministic 6-epoch run, a whole epoch per call: the reference for the others."""
+    logdir = tmp_path_factory.mktemp("uninterrupted")
+    train(data_dir, logdir, "--epochs", "6")
+    return logdir
+
+
+def test_checkpoint_holds_the_whole_state(uninterrupted):
+    values = checkpoint_values(uninterrupted)
+    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 6 * STEPS_PER_EPOCH
+    for weight in ("conv_w", "conv_b", "w1", "b1", "w2", "b2"):
+        assert f"model/{weight}/.ATTRIBUTES/VARIABLE_VALUE" in values
+    assert values["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 6 * STEPS_PER_EPOCH
+    run_state = json.loads(values["run_state/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert [epoch["epoch"] for epoch in run_state["history"]] == [1, 2, 3, 4, 5, 6]
+    # One checkpoint per epoch; the newest three are kept.
+    names = sorted(path.name for path in (uninterrupted / "checkpoints").glob("*.index"))
+    assert names == ["ckpt-200.index", "ckpt-250.index", "ckpt-300.index"]
+
+
+def test_deterministic_reruns_are_bit_identical(data_dir, uninterrupted, tmp_path):
+    train(data_dir, tmp_path, "--epochs", "6")
+    assert_bit_identical(checkpoint_values(tmp_path), checkpoint_values(uninterrupted))
+
+
+def test_resume_after_epoch_k_is_bit_identical(data_dir, uninterrupted, tmp_path):
+    train(data_dir, tmp_path, "--epochs", "2")
+    resumed = train(data_dir, tmp_path, "--epochs", "6", "--resume")
+    assert "resumed from" in resumed.stdout and "(step 100)" in resumed.stdout
+    assert "epoch 3/6" in resumed.stdout and "epoch 2/6" not in resumed.stdout
+    assert_bit_identical(checkpoint_values(tmp_path), checkpoint_values(uninterrupted))
+    metrics, reference = (
+        json.loads((d / "metrics.json").read_text()) for d in (tmp_path, uninterrupted)
+    )
+    for key in ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy"):
+        assert metrics[key] == reference[key], key
+
+
+def wait_for_line(process, pattern: str) -> str:
+    """Reads the run's output up to a line matching `pattern`; kills the run if none comes."""
+    for line in process.stdout:
+        if re.search(pattern, line):
+            return line
+    process.kill()
+    raise AssertionError(f"the run ended without printing {pattern!r}: {process.stderr.read()}")
+
+
+def test_sigterm_mid_epoch_saves_exits_and_resumes_exactly(data_dir, uninterrupted, tmp_path):
+    # Blocks of 7 steps: the signal lands inside an epoch, and the run stops after a block.
+    flags = [*common_flags(data_dir, tmp_path), "--deterministic", "--steps-per-call", "7"]
+    process = start_script("train.py", *flags, "--epochs", "1000")
+    wait_for_line(process, r"^epoch +1/1000")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    message = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"error: interrupted by SIGTERM (?:in epoch \d+ after step \d+ of 50|after epoch \d+); "
+        r"saved (\S+); resume with: python scripts/train.py --logdir (\S+) --resume",
+        message,
+    )
+    assert match, stderr
+    assert Path(match.group(2)) == tmp_path
+    step = int(checkpoint_values(tmp_path)["step/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert match.group(1).endswith(f"ckpt-{step}")
+    assert step % 7 == 0 or step % STEPS_PER_EPOCH == 0  # a block or an epoch ended there
+    assert step < 6 * STEPS_PER_EPOCH, "stopped too late to compare with the 6-epoch run"
+    # Resumed to 6 epochs, in the blocks of 7 it began with: the uninterrupted run's weights.
+    run_script("train.py", *flags, "--epochs", "6", "--resume", timeout=120)
+    assert_bit_identical(checkpoint_values(tmp_path), checkpoint_values(uninterrupted))
+
+
+def test_kill_9_at_any_moment_leaves_a_checkpoint_to_resume_from(data_dir, tmp_path):
+    """Killed while writing checkpoints (one every few milliseconds), several times."""
+    flags = [*common_flags(data_dir, tmp_path), "--epochs", "100000"]
+    rng = random.Random(0)
+    steps = []
+    for attempt in range(4):
+        process = start_script("train.py", *flags, *(["--resume"] if attempt else []))
+        if attempt:
+            assert re.search(r"resumed from \S+ckpt-\d+", wait_for_line(process, "resumed from"))
+        wait_for_line(process, r"^epoch +\d+/100000")  # checkpoints are being written
+        time.sleep(rng.uniform(0.0, 0.5))
+        process.kill()
+        process.communicate()
+        assert process.returncode == -signal.SIGKILL
+        # What --resume restores: the latest checkpoint, complete and consistent.
+        trainer = Trainer(ConvNet(seed=0), 0.01)
+        run_state = Checkpoints(tmp_path / rundir.CHECKPOINTS, trainer).restore_latest()
+        step = int(trainer.step)
+        assert step > 0 and step % STEPS_PER_EPOCH == 0
+        assert len(run_state["history"]) == step // STEPS_PER_EPOCH
+        steps.append(step)
+    assert steps == sorted(steps)  # each resumed run went on from where the last one stopped
+
+
+def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    class DivergesAtStep41(Trainer):
+        """Steps as usual, then the loss of step 41 turns NaN (in epoch 3 of 15 steps)."""
+
+        def _train_step(self, images, targets):
+            loss, correct = super()._train_step(images, targets)
+            return tf.where(self.step >= 40, tf.constant(np.nan), loss), correct
+
+    monkeypatch.setattr("fastconv.run.Trainer", DivergesAtStep41)
+    config = TrainConfig(epochs=5, batch_size=32, logdir=str(tmp_path), steps_per_call=4)
+    with pytest.raises(TrainingDiverged) as diverged:
+        train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    checkpoint = tmp_path / "checkpoints" / "ckpt-30"
+    assert str(diverged.value) == (
+        "training diverged in epoch 3 at step 11 of 15: the loss became nan; the last good "
+        f"checkpoint, {checkpoint}, is kept; lower --learning-rate (now 0.01)"
+    )
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == str(checkpoint)
+
+
+def test_exported_model_predicts_what_the_trainer_predicted(fashion_mnist, tmp_path):
+    config = TrainConfig(epochs=1, export_dir=str(tmp_path / "model"))
+    result = train_and_evaluate(config, fashion_mnist, log=lambda line: None)
+    images = fashion_mnist.test_images
+    expected = result.trainer.predict_step(tf.constant(images[..., None] / np.float32(255)))
+    loaded = tf.saved_model.load(config.export_dir)
+    probabilities = loaded.signatures["serving_default"](images=tf.constant(images))
+    probabilities = probabilities["probabilities"].numpy()
+    assert probabilities.shape == (10_000, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), expected.numpy())
+    assert (expected.numpy() == fashion_mnist.test_labels).mean() == pytest.approx(
+        result.test_accuracy, abs=1e-6
+    )
