@@ -1,0 +1,110 @@
+"""`python scripts/predict.py MODEL INPUT...` / `fastconv-predict`: classify images with an
+exported model (`--export`).
+
+Inputs are IDX image files (gzip or raw, like Fashion-MNIST's), NumPy `.npy` arrays of uint8
+images (28, 28) or (N, 28, 28), and PNG images of 28 x 28 pixels (colour is turned to grey).
+Each image gets one line: where it came from, its class, and the class's probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fastconv.data import IMAGE_SIZE, DataError, read_idx
+
+
+def read_images(path: Path) -> np.ndarray:
+    """The uint8 images (N, 28, 28) in one input file; DataError naming it otherwise."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.suffix.lower() == ".npy":
+        images = _read_npy(path)
+    elif path.suffix.lower() == ".png":
+        images = _read_png(path)
+    else:
+        images = read_idx(path)
+    if images.ndim == 2:
+        images = images[np.newaxis]
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(
+            f"{path}: images of shape {images.shape}, expected ({IMAGE_SIZE}, {IMAGE_SIZE}) "
+            f"or (N, {IMAGE_SIZE}, {IMAGE_SIZE})"
+        )
+    return images
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable .npy array ({error})") from None
+    # Pixels as the model takes them: integers 0-255. Floats may be already scaled (0-1)
+    # or standardized, which would be silently misread, so they are refused.
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
+            raise DataError(f"{path}: array of {array.dtype}, expected uint8 pixels 0-255")
+        array = array.astype(np.uint8)
+    return array
+
+
+def _read_png(path: Path) -> np.ndarray:
+    import tensorflow as tf
+
+    try:
+        image = tf.io.decode_png(path.read_bytes(), channels=1)
+    except tf.errors.InvalidArgumentError:
+        raise DataError(f"{path}: not a readable PNG image") from None
+    return image.numpy()[..., 0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Classify Fashion-MNIST-style images with a model saved by --export."
+    )
+    parser.add_argument("model", help="the folder --export wrote (a SavedModel)")
+    parser.add_argument(
+        "inputs", nargs="+", type=Path, help="IDX image files, .npy uint8 arrays or 28x28 PNGs"
+    )
+    return parser
+
+
+def load_classifier(directory: str):
+    """The exported model's serving function and class names; DataError if it is not one."""
+    import tensorflow as tf
+
+    from fastconv.export import SIGNATURE
+
+    try:
+        model = tf.saved_model.load(directory)
+        classify = model.signatures[SIGNATURE]
+        class_names = [name.decode() for name in model.class_names.numpy()]
+    except (OSError, KeyError, AttributeError, ValueError):
+        raise DataError(f"{directory}: not a model exported by fastconv --export") from None
+    return classify, class_names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        images = {path: read_images(path) for path in args.inputs}  # all checked before any work
+        classify, class_names = load_classifier(args.model)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path, batch in images.items():
+        probabilities = classify(images=batch)["probabilities"].numpy()
+        for index, row in enumerate(probabilities):
+            label = int(np.argmax(row))
+            print(f"{path}[{index}]: {class_names[label]} ({row[label]:.3f})")
+    return 0
+
+
+def main_entry() -> None:
+    """The console script `fastconv-predict`."""
+    sys.exit(main())

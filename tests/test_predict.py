@@ -1,0 +1,93 @@
+"""scripts/predict.py: an exported model classifies IDX files, .npy arrays and PNG images."""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import idx_bytes, run_script
+
+from fastconv import data, export, pipeline
+from fastconv.model import ConvNet
+from fastconv.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, fashion_mnist):
+    """A model trained for 300 steps on the real data, exported."""
+    trainer = Trainer(ConvNet(seed=0), 0.05)
+    split = data.stratified_split(fashion_mnist.train_labels)
+    batches = pipeline.training_batches(
+        fashion_mnist.train_images[split.train],
+        fashion_mnist.train_labels[split.train],
+        64,
+        0,
+        pipeline.Standardization(),
+    )
+    trainer.train(iter(batches), tf.constant(300))
+    return export.export(trainer, pipeline.Standardization(), tmp_path_factory.mktemp("model"))
+
+
+def predictions(stdout: str) -> list[tuple[str, int, str, float]]:
+    lines = stdout.strip().splitlines()
+    matches = [re.fullmatch(r"(.+)\[(\d+)\]: (.+) \((\d\.\d{3})\)", line) for line in lines]
+    assert all(matches), stdout
+    return [(m.group(1), int(m.group(2)), m.group(3), float(m.group(4))) for m in matches]
+
+
+def test_classifies_idx_npy_and_png_as_the_model_does(model_dir, fashion_mnist, tmp_path):
+    images = fashion_mnist.test_images[:6]
+    idx = tmp_path / "images.idx"
+    idx.write_bytes(idx_bytes(images[:3]))
+    npy = tmp_path / "images.npy"
+    np.save(npy, images[3:5].astype(np.int64))  # integers 0-255 of another type are accepted
+    png = tmp_path / "image.png"
+    png.write_bytes(tf.io.encode_png(images[5][..., None]).numpy())
+    run = run_script("predict.py", str(model_dir), str(idx), str(npy), str(png))
+    assert run.returncode == 0, run.stderr
+    got = predictions(run.stdout)
+    assert [(path, index) for path, index, _, _ in got] == [
+        (str(idx), 0),
+        (str(idx), 1),
+        (str(idx), 2),
+        (str(npy), 0),
+        (str(npy), 1),
+        (str(png), 0),
+    ]
+    classify = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    probabilities = classify(images=tf.constant(images))["probabilities"].numpy()
+    assert [name for _, _, name, _ in got] == [data.CLASS_NAMES[i] for i in probabilities.argmax(1)]
+    np.testing.assert_allclose([p for *_, p in got], probabilities.max(1), atol=5e-4)
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("floats.npy", np.zeros((2, 28, 28), np.float32), "array of float32, expected uint8"),
+        ("wide.npy", np.zeros((2, 32, 28), np.uint8), "images of shape (2, 32, 28)"),
+        ("labels.idx", np.zeros(5, np.uint8), "images of shape (5,)"),
+        ("broken.png", b"\x89PNG not really", "not a readable PNG image"),
+        ("missing.idx", None, "file not found"),
+    ],
+)
+def test_bad_input_is_one_line_naming_it(model_dir, tmp_path, name, content, problem):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None and name.endswith(".npy"):
+        np.save(path, content)
+    elif content is not None:
+        path.write_bytes(idx_bytes(content))
+    run = run_script("predict.py", str(model_dir), str(path))
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {path}: {problem}")
+    assert "Traceback" not in run.stderr and not run.stdout
+
+
+def test_a_folder_that_is_not_a_model_is_one_line(tmp_path, fashion_mnist):
+    npy = tmp_path / "images.npy"
+    np.save(npy, fashion_mnist.test_images[:1])
+    run = run_script("predict.py", str(tmp_path), str(npy))
+    assert run.returncode == 2
+    assert f"error: {tmp_path}: not a model exported by fastconv --export" in run.stderr
