@@ -58,6 +58,12 @@ PEERS = [
     Peer("fastconv", "fastconv", "fastconv graph (default)", {"xla": False}),
     Peer("fastconv_xla", "fastconv", "fastconv --xla", {"xla": True}),
     Peer(
+        "fastconv_logging",
+        "fastconv",
+        "fastconv graph, TensorBoard step loss every 50",
+        {"xla": False, "log_every": 50},
+    ),
+    Peer(
         "fastconv_bf16",
         "fastconv",
         "fastconv graph, mixed_bfloat16 (fastest)",
@@ -154,6 +160,7 @@ def _fastconv(
     shards: int | None = None,
     batch_size: int = BATCH_SIZE,
     precision: str = "float32",
+    log_every: int | None = None,
 ):
     from fastconv import runtime
 
@@ -184,7 +191,19 @@ def _fastconv(
     )
     trainer_class = NaiveXlaTrainer if naive else Trainer
     model = ConvNet(seed=42, dtype_policy=precision)
-    trainer = trainer_class(model, 0.01, xla=xla, shards=shards)
+    step_summaries = None
+    if log_every:  # as a run with a --logdir writes them
+        import tempfile
+
+        step_summaries = tf.summary.create_file_writer(tempfile.mkdtemp(prefix="fastconv-bench-"))
+    trainer = trainer_class(
+        model,
+        0.01,
+        xla=xla,
+        shards=shards,
+        step_summaries=step_summaries,
+        log_every=log_every or 50,
+    )
     iterator = iter(batches)
     steps = tf.constant(len(split.train) // batch_size)
     trainer.train(iterator, tf.constant(1))  # compile

@@ -67,6 +67,12 @@ def _headline(training: list[dict], keras_best: float | None, book_speed: float 
             f"--xla: {_ratio(xla, at_128.get('xla_naive'))} the naive XLA step, "
             f"{_ratio(xla, at_128.get('fastconv'))} fastconv's graph path"
         )
+    if "fastconv_logging" in at_128 and "fastconv" in at_128:
+        lines.append(
+            "TensorBoard step logging costs "
+            f"{1 - at_128['fastconv_logging'] / at_128['fastconv']:.1%} of fastconv's speed "
+            f"({_ratio(at_128['fastconv_logging'], at_128.get('fastconv'))})"
+        )
     return lines
 
 

@@ -38,6 +38,11 @@ class Checkpoints:
         )
         self._step = trainer.step
 
+    @staticmethod
+    def exist(directory: Path) -> bool:
+        """Whether `directory` holds a complete checkpoint."""
+        return tf.train.latest_checkpoint(str(directory)) is not None
+
     @property
     def latest(self) -> str | None:
         """The newest complete checkpoint's path prefix, or None."""

@@ -35,6 +35,16 @@ def _positive(kind):
     return parse
 
 
+def _step_range(text: str) -> tuple[int, int]:
+    try:
+        first, last = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not two steps START,STOP") from None
+    if not 1 <= first <= last:
+        raise argparse.ArgumentTypeError(f"{text!r} needs 1 <= START <= STOP")
+    return first, last
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train the CNN of 'Do it! 딥러닝 입문' (chapter 08-4) on Fashion-MNIST. "
@@ -136,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorFlow's op determinism on top of the seeds: reruns give bit-identical weights",
     )
     add("--export", default=None, metavar="DIR", help="save the trained model as a SavedModel")
+    add(
+        "--log-every",
+        type=_positive(int),
+        default=DEFAULTS.log_every,
+        help=f"write the step loss to TensorBoard every N steps (default: {DEFAULTS.log_every})",
+    )
+    add(
+        "--profile-steps",
+        type=_step_range,
+        default=None,
+        metavar="START,STOP",
+        help="trace steps START to STOP (from 1) with the TensorBoard profiler (default: none)",
+    )
+    add(
+        "--quiet",
+        action="store_true",
+        help="print only the final results and errors (default: a line per epoch, and a live "
+        "bar on a terminal)",
+    )
     return parser
 
 
@@ -157,6 +186,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         logdir=args.logdir,
         deterministic=args.deterministic,
         export_dir=args.export,
+        log_every=args.log_every,
+        profile_steps=args.profile_steps,
     )
 
 
@@ -187,13 +218,21 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     from fastconv.interruption import Interrupted
     from fastconv.run import TrainingDiverged, train_and_evaluate
 
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(line, flush=True)
+
     versions = runtime.versions()
-    print(" | ".join(f"{name} {version}" for name, version in versions.items()))
-    print(f"device: {runtime.describe_device()}")
-    print("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
+    log(" | ".join(f"{name} {version}" for name, version in versions.items()))
+    log(f"device: {runtime.describe_device()}")
+    log("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
     try:
         result = train_and_evaluate(
-            config, dataset, log=lambda line: print(line, flush=True), resume=args.resume
+            config,
+            dataset,
+            log=log,
+            resume=args.resume,
+            live_progress=sys.stdout.isatty() and not args.quiet,
         )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -235,9 +274,10 @@ def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Trai
     if not saved.is_file():
         raise ConfigError(f"{saved}: not found; is {args.logdir} a fastconv run folder?")
     try:
-        return resumed(TrainConfig(**rundir.read_json(saved)), config)
-    except (ValueError, TypeError) as error:  # JSON syntax, unknown or missing fields
+        saved_config = TrainConfig(**rundir.read_json(saved))
+    except (ValueError, TypeError) as error:  # JSON syntax, unknown fields, bad values
         raise ConfigError(f"{saved}: not a fastconv configuration ({error})") from None
+    return resumed(saved_config, config)
 
 
 def main_entry() -> None:

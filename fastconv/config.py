@@ -8,7 +8,15 @@ import math
 STANDARDIZATIONS = ("scale", "zscore")
 # What a resumed run may change: where it ends, where it reads and writes, how it reports.
 # Everything else takes part in the arithmetic, so it must stay as the run began.
-RESUMABLE_CHANGES = ("epochs", "data_dir", "steps_per_call", "eval_batch_size", "export_dir")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "data_dir",
+    "steps_per_call",
+    "eval_batch_size",
+    "export_dir",
+    "log_every",
+    "profile_steps",
+)
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -44,6 +52,9 @@ class TrainConfig:
       deterministic: TensorFlow's op determinism on top of the seeds: a rerun gives
         bit-identical weights.
       export_dir: where to write the trained model as a SavedModel (`fastconv.export`).
+      log_every: the step loss goes to TensorBoard every this many steps.
+      profile_steps: (first, last) steps, counted from 1, to trace with the TensorBoard
+        profiler; None traces nothing.
     """
 
     epochs: int = 20
@@ -63,9 +74,20 @@ class TrainConfig:
     logdir: str | None = None
     deterministic: bool = False
     export_dir: str | None = None
+    log_every: int = 50
+    profile_steps: tuple[int, int] | None = None
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "n_kernels", "units", "eval_batch_size"):
+        if self.profile_steps is not None:  # JSON gives a list back
+            object.__setattr__(self, "profile_steps", tuple(self.profile_steps))
+            first, last = (*self.profile_steps, 0, 0)[:2]
+            _require(
+                "profile_steps",
+                self.profile_steps,
+                len(self.profile_steps) == 2 and 1 <= first <= last,
+                "must be two steps START,STOP with 1 <= START <= STOP",
+            )
+        for name in ("epochs", "batch_size", "n_kernels", "units", "eval_batch_size", "log_every"):
             _require(name, getattr(self, name), getattr(self, name) >= 1, "must be at least 1")
         for name in ("steps_per_call", "shards"):
             value = getattr(self, name)

@@ -10,13 +10,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
-from fastconv import data, export, pipeline, rundir, runtime
+from fastconv import data, export, figures, pipeline, progress, rundir, runtime
 from fastconv.checkpoints import Checkpoints
 from fastconv.config import ConfigError, TrainConfig
 from fastconv.interruption import Interrupted, StopRequests
 from fastconv.model import ConvNet
+from fastconv.profiling import Profiler
+from fastconv.summaries import Summaries
 from fastconv.trainer import Trainer
 
 
@@ -121,13 +124,18 @@ def make_datasets(dataset: data.FashionMNIST, config: TrainConfig, start_step: i
 
 @contextlib.contextmanager
 def state_restored(trainer: Trainer):
-    """Runs the block, then puts every variable of the trainer back as it was."""
+    """Runs the block, then puts every variable of the trainer back as it was.
+
+    Step summaries are off meanwhile: the steps it undoes must not show in TensorBoard.
+    """
     snapshot = [v.numpy() for v in trainer.variables]
+    trainer.recording.assign(False)
     try:
         yield
     finally:
         for variable, value in zip(trainer.variables, snapshot):
             variable.assign(value)
+        trainer.recording.assign(True)
 
 
 def compile_trainer(trainer: Trainer, datasets: Datasets) -> float:
@@ -186,12 +194,15 @@ def train_and_evaluate(
     dataset: data.FashionMNIST | None = None,
     log: Callable[[str], None] = print,
     resume: bool = False,
+    live_progress: bool = False,
 ) -> RunResult:
     """Trains the book's network as `config` says and scores it on validation and test sets.
 
     With `config.logdir`, the run keeps its configuration, checkpoints (every epoch, on
-    SIGUSR1, and when stopped by SIGINT or SIGTERM) and metrics there; `resume` continues
-    the run from the folder's latest checkpoint, exactly where it stopped.
+    SIGUSR1, and when stopped by SIGINT or SIGTERM), TensorBoard logs, figures and metrics
+    there; `resume` continues the run from the folder's latest checkpoint, exactly where it
+    stopped. `log` receives the run's lines; `live_progress` adds a live bar per epoch (for
+    a terminal).
     """
     shards = config.shards or runtime.auto_shards(config.batch_size)
     threads = runtime.thread_counts(shards, config.xla)
@@ -202,22 +213,33 @@ def train_and_evaluate(
     runtime.seed_everything(config.seed)
     dataset = dataset if dataset is not None else data.load(config.data_dir)
 
-    precision = resolve_precision(config.precision, log)
-    model = ConvNet(config.n_kernels, config.units, seed=config.seed, dtype_policy=precision)
-    trainer = Trainer(model, config.learning_rate, xla=config.xla, shards=shards)
     logdir = Path(config.logdir) if config.logdir else None
-    checkpoints = Checkpoints(logdir / rundir.CHECKPOINTS, trainer) if logdir else None
-    state = LoopState()
-    if resume:
-        if checkpoints is None or checkpoints.latest is None:
-            raise NothingToResume(f"{logdir}: no checkpoint to resume from")
-        state = LoopState.from_json(checkpoints.restore_latest())
-        log(f"resumed from {checkpoints.latest} (step {int(trainer.step)})")
-    elif checkpoints is not None and checkpoints.latest is not None:
+    # Checked before anything is written: a refused run leaves the folder as it found it.
+    has_checkpoint = bool(logdir) and Checkpoints.exist(logdir / rundir.CHECKPOINTS)
+    if resume and not has_checkpoint:
+        raise NothingToResume(f"{logdir}: no checkpoint to resume from")
+    if not resume and has_checkpoint:
         raise ConfigError(
             f"{logdir} already holds a run's checkpoints: continue it with --resume, "
             "or choose another --logdir"
         )
+
+    precision = resolve_precision(config.precision, log)
+    summaries = Summaries(logdir) if logdir else None
+    model = ConvNet(config.n_kernels, config.units, seed=config.seed, dtype_policy=precision)
+    trainer = Trainer(
+        model,
+        config.learning_rate,
+        xla=config.xla,
+        shards=shards,
+        step_summaries=summaries.train if summaries else None,
+        log_every=config.log_every,
+    )
+    checkpoints = Checkpoints(logdir / rundir.CHECKPOINTS, trainer) if logdir else None
+    state = LoopState()
+    if resume:
+        state = LoopState.from_json(checkpoints.restore_latest())
+        log(f"resumed from {checkpoints.latest} (step {int(trainer.step)})")
     if logdir:
         rundir.write_json(logdir / rundir.CONFIG, config.to_dict())
         rundir.write_json(
@@ -226,12 +248,10 @@ def train_and_evaluate(
         )
 
     datasets = make_datasets(dataset, config, start_step=int(trainer.step))
-    steps_per_epoch = datasets.train_size // config.batch_size
-    steps_per_call = min(config.steps_per_call or steps_per_epoch, steps_per_epoch)
     log(
         f"data: {dataset.source} | train {datasets.train_size}, validation "
         f"{len(dataset.train_images) - datasets.train_size}, test {len(dataset.test_images)} "
-        f"| {steps_per_epoch} steps of {config.batch_size} per epoch"
+        f"| {datasets.train_size // config.batch_size} steps of {config.batch_size} per epoch"
     )
     log(
         f"compiling ({'XLA' if config.xla else 'graph'}, {precision}, {shards} shard(s) per "
@@ -247,104 +267,182 @@ def train_and_evaluate(
                 f"note: on this CPU the XLA steps ran at {xla_ratio:.2f}x the speed of graph "
                 "mode (measured just now, best of 3 x 50 steps); leave out --xla to train faster"
             )
+    if summaries and not resume:
+        summaries.hparams(config.to_dict(), logdir.name)
+        summaries.graph(trainer, config.batch_size)
 
-    def save_checkpoint() -> str | None:
-        return checkpoints.save(state.to_json()) if checkpoints else None
-
-    checkpoint = checkpoints.latest if checkpoints else None
-    iterator = iter(datasets.train)
-    total_steps = config.epochs * steps_per_epoch
-    with StopRequests() as requests:
-        # The trainer's step counter is the loop's position: read between blocks only.
-        while (step := int(trainer.step)) < total_steps:
-            epoch, step_in_epoch = divmod(step, steps_per_epoch)
-            num_steps = min(steps_per_call, steps_per_epoch - step_in_epoch)
-            block_start = time.perf_counter()
-            block = trainer.train(iterator, tf.constant(num_steps))
-            loss = float(block.loss)  # host read: waits for the block
-            block_seconds = time.perf_counter() - block_start
-            if not bool(block.finite):
-                bad_step = step_in_epoch + int(block.steps)
-                what = (
-                    f"the loss became {loss}"
-                    if not math.isfinite(loss)
-                    else "a weight became non-finite"
-                )
-                raise TrainingDiverged(
-                    f"training diverged in epoch {epoch + 1} at step {bad_step} of "
-                    f"{steps_per_epoch}: {what}; {_kept(checkpoint)}; "
-                    f"lower --learning-rate (now {config.learning_rate})"
-                )
-            state.loss_sum += float(block.loss_sum)
-            state.correct += int(block.correct)
-            state.epoch_seconds += block_seconds
-            state.train_seconds += block_seconds
-            saved = False
-            if step_in_epoch + num_steps == steps_per_epoch:
-                finish_epoch(epoch + 1, config, steps_per_epoch, state, trainer, datasets, log)
-                checkpoint, saved = save_checkpoint(), True
-            if requests.save_requested and not saved:
-                checkpoint, saved = save_checkpoint(), True
-                log(f"saved {checkpoint} (SIGUSR1)")
-            requests.save_requested = False
-            if requests.stop_signal is not None:
-                if not saved:
-                    checkpoint = save_checkpoint()
-                raise Interrupted(
-                    requests.stop_signal,
-                    _interrupted_message(requests.stop_signal, int(trainer.step), steps_per_epoch)
-                    + (
-                        f"; saved {checkpoint}; resume with: python scripts/train.py "
-                        f"--logdir {logdir} --resume"
-                        if checkpoint
-                        else "; no --logdir, so nothing was saved"
-                    ),
-                )
-
-    test_loss, test_accuracy = (float(v) for v in trainer.evaluate(datasets.test))
-    last = state.history[-1]
-    result = RunResult(
-        config,
-        state.history,
-        last.val_loss,
-        last.val_accuracy,
-        test_loss,
-        test_accuracy,
-        compile_seconds,
-        state.train_seconds,
-        xla_ratio,
-        trainer,
-        checkpoint,
-    )
-    if logdir:
-        rundir.write_json(logdir / rundir.METRICS, metrics(result, steps_per_epoch))
+    loop = RunLoop(config, trainer, datasets, state, checkpoints, summaries, log, live_progress)
+    try:
+        loop.train()
+        result = RunResult(
+            config,
+            state.history,
+            state.history[-1].val_loss,
+            state.history[-1].val_accuracy,
+            *(float(v) for v in trainer.evaluate(datasets.test)),
+            compile_seconds,
+            state.train_seconds,
+            xla_ratio,
+            trainer,
+            loop.checkpoint,
+        )
+        if logdir:
+            write_results(result, logdir, datasets, loop.steps_per_epoch, summaries)
+    finally:
+        if summaries:
+            summaries.close()
     if config.export_dir:
         export.export(trainer, datasets.standardize, config.export_dir)
         log(f"exported the model to {config.export_dir}")
     return result
 
 
-def finish_epoch(epoch, config, steps_per_epoch, state, trainer, datasets, log) -> None:
-    """Evaluates on the validation set, appends the epoch to the history and says so."""
-    val_loss, val_accuracy = (float(v) for v in trainer.evaluate(datasets.validation))
-    result = EpochResult(
-        epoch,
-        state.loss_sum / steps_per_epoch,
-        state.correct / (steps_per_epoch * config.batch_size),
-        val_loss,
-        val_accuracy,
-        state.epoch_seconds,
-        steps_per_epoch * config.batch_size / state.epoch_seconds,
+class RunLoop:
+    """The outer loop: blocks of compiled steps, and between them everything that needs the
+    host: epoch ends, checkpoints, summaries, progress, signals, the divergence check."""
+
+    def __init__(self, config, trainer, datasets, state, checkpoints, summaries, log, live):
+        self.config, self.trainer, self.datasets, self.state = config, trainer, datasets, state
+        self.checkpoints, self.summaries, self.log = checkpoints, summaries, log
+        self.steps_per_epoch = datasets.train_size // config.batch_size
+        block_steps = config.steps_per_call or (
+            progress.live_block_steps(self.steps_per_epoch) if live else self.steps_per_epoch
+        )
+        self.steps_per_call = min(block_steps, self.steps_per_epoch)
+        self.bar = progress.EpochBar(self.steps_per_epoch) if live else None
+        self.profiler = Profiler(config.logdir, config.profile_steps)
+        self.checkpoint = checkpoints.latest if checkpoints else None
+
+    def train(self) -> None:
+        """Trains up to `config.epochs`; raises TrainingDiverged or Interrupted."""
+        iterator = iter(self.datasets.train)
+        total_steps = self.config.epochs * self.steps_per_epoch
+        try:
+            with StopRequests() as requests:
+                # The trainer's step counter is the loop's position: read between blocks only.
+                while (step := int(self.trainer.step)) < total_steps:
+                    self.train_block(iterator, step)
+                    self.answer(requests)
+        finally:
+            self.profiler.stop()
+
+    def train_block(self, iterator, step: int) -> None:
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        num_steps = min(self.steps_per_call, self.steps_per_epoch - step_in_epoch)
+        num_steps = self.profiler.block_length(step, num_steps)
+        start = time.perf_counter()
+        with self.profiler.block(step):
+            block = self.trainer.train(iterator, tf.constant(num_steps))
+            loss = float(block.loss)  # host read: waits for the block
+        seconds = time.perf_counter() - start
+        if not bool(block.finite):
+            what = (
+                f"the loss became {loss}"
+                if not math.isfinite(loss)
+                else "a weight became non-finite"
+            )
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch + 1} at step "
+                f"{step_in_epoch + int(block.steps)} of {self.steps_per_epoch}: {what}; "
+                f"{_kept(self.checkpoint)}; lower --learning-rate "
+                f"(now {self.config.learning_rate})"
+            )
+        state = self.state
+        state.loss_sum += float(block.loss_sum)
+        state.correct += int(block.correct)
+        state.epoch_seconds += seconds
+        state.train_seconds += seconds
+        self.saved = False
+        done = step_in_epoch + num_steps
+        if done < self.steps_per_epoch:
+            if self.bar:
+                self.bar.update(done, loss, num_steps * self.config.batch_size / seconds)
+            return
+        self.finish_epoch(epoch + 1)
+        self.save()
+
+    def finish_epoch(self, epoch: int) -> None:
+        """Evaluates on the validation set, appends the epoch to the history and reports it."""
+        config, state = self.config, self.state
+        val_loss, val_accuracy = (float(v) for v in self.trainer.evaluate(self.datasets.validation))
+        result = EpochResult(
+            epoch,
+            state.loss_sum / self.steps_per_epoch,
+            state.correct / (self.steps_per_epoch * config.batch_size),
+            val_loss,
+            val_accuracy,
+            state.epoch_seconds,
+            self.steps_per_epoch * config.batch_size / state.epoch_seconds,
+        )
+        state.history.append(result)
+        state.loss_sum = state.epoch_seconds = 0.0
+        state.correct = 0
+        if self.bar:
+            self.bar.clear()
+        self.log(
+            f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  "
+            f"loss {result.train_loss:.4f}  acc {result.train_accuracy:.4f} | "
+            f"val loss {val_loss:.4f}  acc {val_accuracy:.4f} | "
+            f"{result.seconds:.2f} s  {result.images_per_second:,.0f} img/s"
+        )
+        if self.summaries:
+            self.summaries.epoch(result, config.learning_rate)
+
+    def save(self) -> None:
+        if self.checkpoints:
+            self.checkpoint = self.checkpoints.save(self.state.to_json())
+            self.saved = True
+
+    def answer(self, requests: StopRequests) -> None:
+        """Saves on SIGUSR1; saves and stops on SIGINT or SIGTERM."""
+        if requests.save_requested and not self.saved:
+            self.save()
+            self.log(f"saved {self.checkpoint} (SIGUSR1)")
+        requests.save_requested = False
+        if requests.stop_signal is None:
+            return
+        if not self.saved:
+            self.save()
+        message = _interrupted_message(
+            requests.stop_signal, int(self.trainer.step), self.steps_per_epoch
+        )
+        if self.checkpoint:
+            message += (
+                f"; saved {self.checkpoint}; resume with: python scripts/train.py "
+                f"--logdir {self.config.logdir} --resume"
+            )
+        else:
+            message += "; no --logdir, so nothing was saved"
+        raise Interrupted(requests.stop_signal, message)
+
+
+def write_results(
+    result: RunResult,
+    logdir: Path,
+    datasets: Datasets,
+    steps_per_epoch: int,
+    summaries: Summaries,
+) -> None:
+    """metrics.json, the book's figures as PNG, and the test results in TensorBoard."""
+    rundir.write_json(logdir / rundir.METRICS, metrics(result, steps_per_epoch))
+    (logdir / "loss.png").write_bytes(figures.png_bytes(figures.loss_curves(result.history)))
+    (logdir / "accuracy.png").write_bytes(figures.png_bytes(figures.accuracy_curve(result.history)))
+    matrix = confusion_matrix(result.trainer, datasets.test)
+    confusion_png = figures.png_bytes(figures.confusion_matrix(matrix, data.CLASS_NAMES))
+    (logdir / "confusion_matrix.png").write_bytes(confusion_png)
+    summaries.test_results(
+        len(result.history), result.test_loss, result.test_accuracy, confusion_png
     )
-    state.history.append(result)
-    state.loss_sum = state.epoch_seconds = 0.0
-    state.correct = 0
-    log(
-        f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  "
-        f"loss {result.train_loss:.4f}  acc {result.train_accuracy:.4f} | "
-        f"val loss {val_loss:.4f}  acc {val_accuracy:.4f} | "
-        f"{result.seconds:.2f} s  {result.images_per_second:,.0f} img/s"
-    )
+
+
+def confusion_matrix(trainer: Trainer, dataset: tf.data.Dataset) -> np.ndarray:
+    """Counts of (true class, predicted class) over an evaluation dataset."""
+    matrix = tf.zeros([data.NUM_CLASSES, data.NUM_CLASSES], tf.int32)
+    for images, targets in dataset:
+        matrix += tf.math.confusion_matrix(
+            tf.argmax(targets, axis=1), trainer.predict_step(images), data.NUM_CLASSES
+        )
+    return matrix.numpy()
 
 
 def metrics(result: RunResult, steps_per_epoch: int) -> dict:

@@ -53,7 +53,15 @@ class Trainer:
     a step whose gradients are not finite is skipped while the scale is halved.
     """
 
-    def __init__(self, model: ConvNet, learning_rate: float, xla: bool = False, shards: int = 1):
+    def __init__(
+        self,
+        model: ConvNet,
+        learning_rate: float,
+        xla: bool = False,
+        shards: int = 1,
+        step_summaries: tf.summary.SummaryWriter | None = None,
+        log_every: int = 50,
+    ):
         self.model = model
         self.learning_rate = learning_rate
         self.xla = xla
@@ -67,6 +75,12 @@ class Trainer:
         # Steps run so far: the x axis of the step summaries and, with the seed, the position
         # in the data order that a resumed run continues from.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # The step loss goes to TensorBoard from inside the compiled loop, every `log_every`
+        # steps: a summary op in the graph, no trip to the host. A warm-up or a speed probe
+        # turns `recording` off, so the steps it undoes leave no points behind.
+        self.step_summaries = step_summaries
+        self.log_every = log_every
+        self.recording = tf.Variable(True, trainable=False, name="recording")
         self.train_step = tf.function(self._train_step, jit_compile=xla)
         self.eval_step = tf.function(self._eval_step, jit_compile=xla)
         # Prediction takes arrays of any length: one trace with a free batch dimension.
@@ -141,12 +155,23 @@ class Trainer:
             loss, batch_correct = self.train_step(images, targets)
             self.step.assign_add(1)
             steps += 1
+            if self.step_summaries is not None:
+                self._write_step_loss(loss)
             loss_sum += tf.cast(loss, tf.float64)
             correct += batch_correct
             finite = tf.math.is_finite(loss) & self._weights_finite()
             if not finite:
                 break
         return Block(steps, loss_sum, correct, finite)
+
+    def _write_step_loss(self, loss):
+        every = tf.constant(self.log_every, tf.int64)
+        with (
+            self.step_summaries.as_default(step=self.step),
+            tf.summary.record_if(self.recording & tf.equal(self.step % every, 0)),
+            tf.name_scope(""),  # the tag "batch_loss", not "while/batch_loss"
+        ):
+            tf.summary.scalar("batch_loss", loss)
 
     def _weights_finite(self):
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.model.weights])

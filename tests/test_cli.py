@@ -70,6 +70,10 @@ def test_defaults_are_the_books_run():
         (["--shards", "3"], "shards=3 must divide batch_size=128"),
         (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--profile-steps", "5"], "argument --profile-steps: '5' is not two steps START,STOP"),
+        (["--profile-steps", "5,2"], "argument --profile-steps: '5,2' needs 1 <= START <= STOP"),
+        (["--log-every", "0"], "argument --log-every: '0' must be a positive number"),
+        (["--resume"], "argument --resume: needs the --logdir of the run to continue"),
     ],
 )
 def test_bad_flags_are_argparse_errors(capsys, flags, message):
@@ -164,3 +168,14 @@ def test_diverging_run_exits_1_naming_epoch_and_step(tmp_path):
         r"saved; lower --learning-rate \(now 10000.0\)",
         lines[0],
     )
+
+
+def test_quiet_prints_only_the_results(tmp_path):
+    folder = write_dataset(tmp_path / "data")
+    run = train(
+        "--data-dir", str(folder), "--epochs", "2", "--batch-size", "32", "--quiet", cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2, run.stdout
+    assert lines[0].startswith("validation accuracy") and "run folder runs/" in lines[1]

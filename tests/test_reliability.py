@@ -196,3 +196,27 @@ def test_exported_model_predicts_what_the_trainer_predicted(fashion_mnist, tmp_p
     assert (expected.numpy() == fashion_mnist.test_labels).mean() == pytest.approx(
         result.test_accuracy, abs=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "64"], "batch_size=64 differs from the resumed run's batch_size=32"),
+        (["--learning-rate", "0.1"], "learning_rate=0.1 differs from the resumed run's"),
+    ],
+)
+def test_resume_refuses_flags_that_change_the_arithmetic(uninterrupted, flags, message):
+    run = run_script("train.py", "--logdir", str(uninterrupted), "--resume", *flags)
+    assert run.returncode == 2
+    assert f"error: {message}" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_resume_without_a_run_folder_and_a_fresh_run_over_one_are_refused(
+    data_dir, uninterrupted, tmp_path
+):
+    run = run_script("train.py", "--logdir", str(tmp_path), "--resume")
+    assert run.returncode == 2
+    assert f"error: {tmp_path / 'config.json'}: not found" in run.stderr
+    run = run_script("train.py", *common_flags(data_dir, uninterrupted))
+    assert run.returncode == 2
+    assert "already holds a run's checkpoints: continue it with --resume" in run.stderr

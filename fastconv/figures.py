@@ -1,0 +1,64 @@
+"""The book's figures, as PNG: loss per epoch (train and validation), validation accuracy
+per epoch, and the test set's confusion matrix.
+
+Matplotlib's Agg backend draws without a screen, so figures are made on servers and in CI.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed: before pyplot is imported
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+SIZE_INCHES = (6.4, 4.8)
+DPI = 100  # with SIZE_INCHES: 640 x 480 pixels
+
+
+def loss_curves(history) -> plt.Figure:
+    """The book's plot after `fit`: train and validation loss per epoch."""
+    figure, axes = plt.subplots(figsize=SIZE_INCHES, dpi=DPI)
+    epochs = [e.epoch for e in history]
+    axes.plot(epochs, [e.train_loss for e in history], label="train_loss")
+    axes.plot(epochs, [e.val_loss for e in history], label="val_loss")
+    axes.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
+    axes.legend()
+    return figure
+
+
+def accuracy_curve(history) -> plt.Figure:
+    figure, axes = plt.subplots(figsize=SIZE_INCHES, dpi=DPI)
+    epochs = [e.epoch for e in history]
+    axes.plot(epochs, [e.train_accuracy for e in history], label="train_accuracy")
+    axes.plot(epochs, [e.val_accuracy for e in history], label="val_accuracy")
+    axes.set(xlabel="epoch", ylabel="accuracy", title="Accuracy per epoch")
+    axes.legend()
+    return figure
+
+
+def confusion_matrix(matrix: np.ndarray, class_names) -> plt.Figure:
+    """Counts of (true class, predicted class), each cell labelled with its count."""
+    figure, axes = plt.subplots(figsize=(8, 8), dpi=DPI)
+    axes.imshow(matrix, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test set)")
+    threshold = matrix.max() / 2
+    for (row, column), count in np.ndenumerate(matrix):
+        color = "white" if count > threshold else "black"
+        axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def png_bytes(figure: plt.Figure) -> bytes:
+    """The figure as PNG, and the figure closed (pyplot keeps every open figure alive)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()

@@ -1,0 +1,83 @@
+"""TensorBoard event files of a run: `train/`, `validation/` and `test/` in the run folder.
+
+    train/       batch_loss every --log-every steps (written by the compiled loop itself),
+                 epoch_loss, epoch_accuracy, images_per_second, learning_rate per epoch,
+                 the configuration as hparams, the graph of one training step
+    validation/  epoch_loss, epoch_accuracy per epoch
+    test/        loss, accuracy and the confusion matrix image, once at the end
+
+The epoch scalars share names between train/ and validation/, so TensorBoard draws the
+two curves of the book's figure in one chart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from fastconv.model import IMAGE_SHAPE
+from fastconv.trainer import Trainer
+
+WRITERS = ("train", "validation", "test")
+
+
+class Summaries:
+    """The run's three summary writers."""
+
+    def __init__(self, logdir: Path):
+        self.train, self.validation, self.test = (
+            tf.summary.create_file_writer(str(Path(logdir) / name)) for name in WRITERS
+        )
+
+    def hparams(self, config: dict, run_name: str) -> None:
+        """The configuration as TensorBoard hparams (which take numbers, booleans and strings:
+        None becomes "none", a tuple "a,b")."""
+        values = {key: _hparam(value) for key, value in config.items()}
+        with self.train.as_default():
+            hparams_api.hparams(values, trial_id=run_name)
+
+    def graph(self, trainer: Trainer, batch_size: int) -> None:
+        """The graph of one training step, for TensorBoard's Graphs tab."""
+        step = trainer.train_step.get_concrete_function(
+            tf.TensorSpec([batch_size, *IMAGE_SHAPE], tf.float32),
+            tf.TensorSpec([batch_size, 10], tf.float32),
+        )
+        with self.train.as_default():
+            tf.summary.graph(step.graph)
+
+    def epoch(self, epoch, learning_rate: float) -> None:
+        """One point per epoch on each epoch curve; `epoch` is a `fastconv.run.EpochResult`."""
+        with self.train.as_default(step=epoch.epoch):
+            tf.summary.scalar("epoch_loss", epoch.train_loss)
+            tf.summary.scalar("epoch_accuracy", epoch.train_accuracy)
+            tf.summary.scalar("images_per_second", epoch.images_per_second)
+            tf.summary.scalar("learning_rate", learning_rate)
+        with self.validation.as_default(step=epoch.epoch):
+            tf.summary.scalar("epoch_loss", epoch.val_loss)
+            tf.summary.scalar("epoch_accuracy", epoch.val_accuracy)
+        self.flush()  # a user watching TensorBoard sees the epoch as it ends
+
+    def test_results(self, step: int, loss: float, accuracy: float, confusion_png: bytes) -> None:
+        with self.test.as_default(step=step):
+            tf.summary.scalar("loss", loss)
+            tf.summary.scalar("accuracy", accuracy)
+            image = tf.io.decode_png(confusion_png, channels=3)
+            tf.summary.image("confusion_matrix", image[tf.newaxis], step=step)
+
+    def flush(self) -> None:
+        for writer in (self.train, self.validation, self.test):
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in (self.train, self.validation, self.test):
+            writer.close()
+
+
+def _hparam(value):
+    if value is None:
+        return "none"
+    if isinstance(value, tuple | list):
+        return ",".join(str(item) for item in value)
+    return value
