@@ -11,8 +11,10 @@ from pathlib import Path
 
 from fastconv import data, rundir
 from fastconv.config import (
+    DEVICE_PATTERN,
     PRECISIONS,
     STANDARDIZATIONS,
+    STRATEGIES,
     ConfigError,
     TrainConfig,
     resumed,
@@ -33,6 +35,12 @@ def _positive(kind):
 
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def _device(text: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(text.lower()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, gpu or gpu:N")
+    return text.lower()
 
 
 def _step_range(text: str) -> tuple[int, int]:
@@ -129,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"images per evaluation step (default: {DEFAULTS.eval_batch_size})",
     )
     add(
+        "--device",
+        type=_device,
+        default=DEFAULTS.device,
+        help="auto (the first GPU, else the CPU), cpu, gpu or gpu:N; a GPU that is not there "
+        f"is an error (default: {DEFAULTS.device})",
+    )
+    add(
+        "--strategy",
+        choices=STRATEGIES,
+        default=DEFAULTS.strategy,
+        help="data-parallel training with tf.distribute: mirrored (this machine's GPUs) or "
+        "multi-worker (the machines of TF_CONFIG); the global batch is split across them "
+        f"(default: {DEFAULTS.strategy})",
+    )
+    add(
         "--logdir",
         default=None,
         help="run folder for the configuration, checkpoints, metrics and TensorBoard logs "
@@ -188,6 +211,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         export_dir=args.export,
         log_every=args.log_every,
         profile_steps=args.profile_steps,
+        device=args.device,
+        strategy=args.strategy,
     )
 
 
@@ -254,7 +279,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     )
     print(
         f"compile {result.compile_seconds:.1f} s | training {result.train_seconds:.1f} s | "
-        f"total wall time {total_seconds:.1f} s | run folder {config.logdir}"
+        f"total wall time {total_seconds:.1f} s | run folder {result.config.logdir}"
     )
     return 0
 

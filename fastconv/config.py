@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 STANDARDIZATIONS = ("scale", "zscore")
 # What a resumed run may change: where it ends, where it reads and writes, how it reports.
@@ -14,10 +15,13 @@ RESUMABLE_CHANGES = (
     "steps_per_call",
     "eval_batch_size",
     "export_dir",
+    "device",
     "log_every",
     "profile_steps",
 )
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("none", "mirrored", "multi-worker")
+DEVICE_PATTERN = re.compile(r"auto|cpu|gpu(:\d+)?")
 
 
 class ConfigError(ValueError):
@@ -52,6 +56,10 @@ class TrainConfig:
       deterministic: TensorFlow's op determinism on top of the seeds: a rerun gives
         bit-identical weights.
       export_dir: where to write the trained model as a SavedModel (`fastconv.export`).
+      device: "auto" (the first GPU, else the CPU), "cpu", "gpu" or "gpu:N".
+      strategy: "none" (one device), "mirrored" (the machine's GPUs, or its logical CPUs)
+        or "multi-worker" (the workers of TF_CONFIG); the global batch is split across the
+        replicas and their gradients summed.
       log_every: the step loss goes to TensorBoard every this many steps.
       profile_steps: (first, last) steps, counted from 1, to trace with the TensorBoard
         profiler; None traces nothing.
@@ -76,6 +84,8 @@ class TrainConfig:
     export_dir: str | None = None
     log_every: int = 50
     profile_steps: tuple[int, int] | None = None
+    device: str = "auto"
+    strategy: str = "none"
 
     def __post_init__(self):
         if self.profile_steps is not None:  # JSON gives a list back
@@ -125,6 +135,18 @@ class TrainConfig:
             f"must be one of {', '.join(PRECISIONS)}",
         )
         _require("seed", self.seed, 0 <= self.seed < 2**31, "must lie in [0, 2**31)")
+        _require(
+            "device",
+            self.device,
+            DEVICE_PATTERN.fullmatch(self.device) is not None,
+            "must be auto, cpu, gpu or gpu:N",
+        )
+        _require(
+            "strategy",
+            self.strategy,
+            self.strategy in STRATEGIES,
+            f"must be one of {', '.join(STRATEGIES)}",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -72,6 +72,7 @@ def training_batches(
     seed: int,
     standardize: Standardization,
     start_step: int = 0,
+    replica_chunks: tuple[int, int, int] = (0, 1, 1),
 ) -> tf.data.Dataset:
     """An endless stream of training batches, `len(images) // batch_size` per epoch.
 
@@ -83,6 +84,10 @@ def training_batches(
       standardize: applied to each gathered batch.
       start_step: the step the stream starts at, counted from the first step of epoch 0;
         a resumed run passes its step count and gets exactly the batches it had not seen.
+      replica_chunks: (first, count, of): each batch is cut into `of` equal chunks, one per
+        replica of a tf.distribute run, and this stream yields chunks first .. first+count-1
+        of each batch in turn, for the replicas it feeds. Together the replicas see exactly
+        the batches of a one-device run, so the global batch and the order stay the book's.
     """
     num_examples = len(images)
     if batch_size > num_examples:
@@ -92,13 +97,19 @@ def training_batches(
     make_batch = _batch_maker(images, labels, standardize)
     first_epoch, first_step = divmod(start_step, num_examples // batch_size)
     epochs = tf.data.Dataset.counter(start=first_epoch)
-    return (
+    rows = (
         epochs.map(lambda epoch: epoch_order(num_examples, batch_size, seed, epoch))
         .unbatch()
         .skip(first_step)  # skips index rows only: nothing is gathered for them
-        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
     )
+    first, count, of = replica_chunks
+    if of > 1:
+        if batch_size % of:
+            raise ValueError(f"batch_size={batch_size} does not split into {of} replicas")
+        rows = rows.map(
+            lambda row: tf.reshape(row, [of, batch_size // of])[first : first + count]
+        ).unbatch()
+    return rows.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_batches(

@@ -91,8 +91,16 @@ class Datasets:
     standardize: pipeline.Standardization
 
 
-def make_datasets(dataset: data.FashionMNIST, config: TrainConfig, start_step: int = 0) -> Datasets:
-    """The run's pipelines; the training stream starts at `start_step` (a resumed run's)."""
+def make_datasets(
+    dataset: data.FashionMNIST,
+    config: TrainConfig,
+    start_step: int = 0,
+    strategy: tf.distribute.Strategy | None = None,
+) -> Datasets:
+    """The run's pipelines; the training stream starts at `start_step` (a resumed run's).
+
+    Under a strategy, each worker's stream yields its replicas' shares of every global batch.
+    """
     split = data.stratified_split(dataset.train_labels, config.validation_fraction, config.seed)
     if config.batch_size > len(split.train):
         raise ConfigError(
@@ -104,15 +112,26 @@ def make_datasets(dataset: data.FashionMNIST, config: TrainConfig, start_step: i
     def evaluation(images, labels):
         return pipeline.evaluation_batches(images, labels, config.eval_batch_size, standardize)
 
-    return Datasets(
-        train=pipeline.training_batches(
+    def training(replica_chunks=(0, 1, 1)):
+        return pipeline.training_batches(
             train_images,
             dataset.train_labels[split.train],
             config.batch_size,
             config.seed,
             standardize,
             start_step,
-        ),
+            replica_chunks,
+        )
+
+    def worker_training(context: tf.distribute.InputContext):
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+        return training((first, local, context.num_replicas_in_sync))
+
+    return Datasets(
+        train=strategy.distribute_datasets_from_function(worker_training)
+        if strategy
+        else training(),
         validation=evaluation(
             dataset.train_images[split.validation], dataset.train_labels[split.validation]
         ),
@@ -204,15 +223,43 @@ def train_and_evaluate(
     stopped. `log` receives the run's lines; `live_progress` adds a live bar per epoch (for
     a terminal).
     """
-    shards = config.shards or runtime.auto_shards(config.batch_size)
+    # Under a strategy the replicas take the place of shards.
+    shards = 1 if config.strategy != "none" else config.shards
+    shards = shards or runtime.auto_shards(config.batch_size)
     threads = runtime.thread_counts(shards, config.xla)
     if not runtime.set_threads(threads):  # only possible before TensorFlow's first op
         log(f"note: TensorFlow already started; keeping its threads instead of {threads}")
+    device = runtime.resolve_device(config.device, runtime.prepare_gpus())
+    strategy = runtime.make_strategy(config.strategy, device)
+    if strategy:
+        config = per_worker(config, strategy, log)
     if config.deterministic:
         runtime.enable_determinism()
     runtime.seed_everything(config.seed)
     dataset = dataset if dataset is not None else data.load(config.data_dir)
+    # Variables, and the ops traced later, go where --device says; a strategy places its own.
+    with contextlib.nullcontext() if strategy else tf.device(device):
+        return _train_and_evaluate(config, dataset, log, resume, live_progress, shards, strategy)
 
+
+def per_worker(config: TrainConfig, strategy, log: Callable[[str], None]) -> TrainConfig:
+    """The configuration of this worker of a distributed run: checks that the global batch
+    splits across the replicas, and gives workers other than the chief a folder of their own
+    (`<logdir>/worker-N`) and no export, so they never write over the chief's files."""
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ConfigError(
+            f"batch_size={config.batch_size} does not split evenly across {replicas} replicas"
+        )
+    log(f"strategy: {config.strategy}, {replicas} replicas of {config.batch_size // replicas}")
+    index = runtime.worker_index() if config.strategy == "multi-worker" else 0
+    if index == 0:
+        return config
+    logdir = str(Path(config.logdir) / f"worker-{index}") if config.logdir else None
+    return dataclasses.replace(config, logdir=logdir, export_dir=None)
+
+
+def _train_and_evaluate(config, dataset, log, resume, live_progress, shards, strategy):
     logdir = Path(config.logdir) if config.logdir else None
     # Checked before anything is written: a refused run leaves the folder as it found it.
     has_checkpoint = bool(logdir) and Checkpoints.exist(logdir / rundir.CHECKPOINTS)
@@ -226,20 +273,23 @@ def train_and_evaluate(
 
     precision = resolve_precision(config.precision, log)
     summaries = Summaries(logdir) if logdir else None
-    model = ConvNet(config.n_kernels, config.units, seed=config.seed, dtype_policy=precision)
-    trainer = Trainer(
-        model,
-        config.learning_rate,
-        xla=config.xla,
-        shards=shards,
-        step_summaries=summaries.train if summaries else None,
-        log_every=config.log_every,
-    )
+    # A strategy's scope makes the weights and the optimizer's variables mirrored.
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = ConvNet(config.n_kernels, config.units, seed=config.seed, dtype_policy=precision)
+        trainer = Trainer(
+            model,
+            config.learning_rate,
+            xla=config.xla,
+            shards=shards,
+            step_summaries=summaries.train if summaries else None,
+            log_every=config.log_every,
+            strategy=strategy,
+        )
     checkpoints = Checkpoints(logdir / rundir.CHECKPOINTS, trainer) if logdir else None
     state = LoopState()
     if resume:
         state = LoopState.from_json(checkpoints.restore_latest())
-        log(f"resumed from {checkpoints.latest} (step {int(trainer.step)})")
+        log(f"resumed from {checkpoints.latest} (step {trainer.steps_done})")
     if logdir:
         rundir.write_json(logdir / rundir.CONFIG, config.to_dict())
         rundir.write_json(
@@ -247,7 +297,7 @@ def train_and_evaluate(
             {**runtime.versions(), "device": runtime.describe_device(), "precision": precision},
         )
 
-    datasets = make_datasets(dataset, config, start_step=int(trainer.step))
+    datasets = make_datasets(dataset, config, trainer.steps_done, strategy)
     log(
         f"data: {dataset.source} | train {datasets.train_size}, validation "
         f"{len(dataset.train_images) - datasets.train_size}, test {len(dataset.test_images)} "
@@ -260,7 +310,7 @@ def train_and_evaluate(
     compile_seconds = compile_trainer(trainer, datasets)
     log(f"compiled in {compile_seconds:.2f} s")
     xla_ratio = None
-    if config.xla and not runtime.has_gpu():
+    if config.xla and not runtime.has_gpu() and not strategy:
         xla_ratio = xla_speed_ratio(trainer, datasets)
         if xla_ratio < 0.95:
             log(
@@ -320,7 +370,7 @@ class RunLoop:
         try:
             with StopRequests() as requests:
                 # The trainer's step counter is the loop's position: read between blocks only.
-                while (step := int(self.trainer.step)) < total_steps:
+                while (step := self.trainer.steps_done) < total_steps:
                     self.train_block(iterator, step)
                     self.answer(requests)
         finally:
@@ -404,7 +454,7 @@ class RunLoop:
         if not self.saved:
             self.save()
         message = _interrupted_message(
-            requests.stop_signal, int(self.trainer.step), self.steps_per_epoch
+            requests.stop_signal, self.trainer.steps_done, self.steps_per_epoch
         )
         if self.checkpoint:
             message += (

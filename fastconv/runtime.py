@@ -1,13 +1,18 @@
-"""The process around the graph: precision, threads, seeds, and what the device is."""
+"""The process around the graph: devices and strategies, precision, threads, seeds, and
+what the device is."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import platform
 
 import keras
 import tensorflow as tf
+
+from fastconv.config import ConfigError
 
 
 def seed_everything(seed: int) -> None:
@@ -160,3 +165,72 @@ def this_device() -> DeviceDescription:
     return DeviceDescription(
         "CPU", cpu_name(), cpu_flags=frozenset(_cpuinfo_field("flags").split())
     )
+
+
+class DeviceError(ConfigError):
+    """The machine lacks the device or the set-up a flag asks for."""
+
+
+def resolve_device(requested: str, gpu_count: int) -> str:
+    """The TensorFlow device that `--device` names on a machine with `gpu_count` GPUs.
+
+    "auto" is the first GPU, or the CPU without one; "gpu" is "gpu:0". A GPU that is not
+    there is an error, never a silent fall-back to the CPU.
+    """
+    if requested == "auto":
+        return "/GPU:0" if gpu_count else "/CPU:0"
+    if requested == "cpu":
+        return "/CPU:0"
+    index = 0 if requested == "gpu" else int(requested.removeprefix("gpu:"))
+    if gpu_count == 0:
+        raise DeviceError(f"--device {requested}: this machine has no GPU that TensorFlow can use")
+    if index >= gpu_count:
+        raise DeviceError(
+            f"--device {requested}: this machine has {gpu_count} GPU(s), gpu:0 to "
+            f"gpu:{gpu_count - 1}"
+        )
+    return f"/GPU:{index}"
+
+
+def prepare_gpus() -> int:
+    """Turns on memory growth on every GPU (TensorFlow would otherwise take all their memory
+    at start); returns how many there are. Must run before TensorFlow uses a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # Once TensorFlow has initialized the GPU, growth stays as it was set then.
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    return len(gpus)
+
+
+def make_strategy(name: str, device: str) -> tf.distribute.Strategy | None:
+    """The tf.distribute strategy of `--strategy`; None for "none" (one device, no wrapper).
+
+    "mirrored" replicates over the machine's GPUs when `device` is a GPU, else over its
+    (logical) CPUs; "multi-worker" over the workers that TF_CONFIG lists, as TensorFlow
+    documents: {"cluster": {"worker": ["host1:port", ...]}, "task": {"type": "worker",
+    "index": i}}.
+    """
+    if name == "none":
+        return None
+    if name == "mirrored":
+        kind = "GPU" if "GPU" in device else "CPU"
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices(kind)]
+        )
+    cluster = os.environ.get("TF_CONFIG")
+    if not cluster:
+        raise DeviceError("--strategy multi-worker: TF_CONFIG is not set (see the README)")
+    try:
+        json.loads(cluster)["cluster"]["worker"]
+    except (ValueError, KeyError, TypeError):
+        raise DeviceError(f"--strategy multi-worker: TF_CONFIG is not valid: {cluster}") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def worker_index() -> int:
+    """This process's index among the workers of a multi-worker run (0 is the chief)."""
+    try:
+        return int(json.loads(os.environ.get("TF_CONFIG", "{}"))["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        return 0

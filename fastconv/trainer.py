@@ -61,11 +61,17 @@ class Trainer:
         shards: int = 1,
         step_summaries: tf.summary.SummaryWriter | None = None,
         log_every: int = 50,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         self.model = model
         self.learning_rate = learning_rate
         self.xla = xla
         self.shards = shards
+        # Under a tf.distribute strategy (model and trainer built in its scope), each replica
+        # steps on its share of the global batch; the optimizer sums the replicas' gradients,
+        # so each replica's loss is divided by their number: the sum is the global mean's.
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync if strategy else 1
         self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
         self.loss_scaling = model.dtype_policy.name == "mixed_float16"
         if self.loss_scaling:  # float16's range is too narrow for small gradients unscaled
@@ -97,6 +103,11 @@ class Trainer:
         """All the state a step changes: the weights, the optimizer's variables, the step."""
         return [*self.model.weights, *self.optimizer.variables, self.step]
 
+    @property
+    def steps_done(self) -> int:
+        """The step counter, read on the host (also when it is mirrored across replicas)."""
+        return int(self.step.numpy())
+
     def _forpass(self, images):
         return self.model.forpass(images, xla_friendly=self.xla)
 
@@ -112,7 +123,9 @@ class Trainer:
             with tf.GradientTape() as tape:
                 logits = self._forpass(shard_images)
                 loss = cross_entropy(shard_targets, logits)
-                scaled_loss = self.optimizer.scale_loss(loss) if self.loss_scaling else loss
+                scaled_loss = loss / self.replicas if self.replicas > 1 else loss
+                if self.loss_scaling:
+                    scaled_loss = self.optimizer.scale_loss(scaled_loss)
             losses.append(loss)
             gradients.append(tape.gradient(scaled_loss, weights))
             correct.append(_count_correct(shard_targets, logits))
@@ -152,7 +165,7 @@ class Trainer:
         finite = tf.constant(True)
         for _ in tf.range(num_steps):
             images, targets = next(iterator)
-            loss, batch_correct = self.train_step(images, targets)
+            loss, batch_correct = self._replicated_step(images, targets)
             self.step.assign_add(1)
             steps += 1
             if self.step_summaries is not None:
@@ -163,6 +176,17 @@ class Trainer:
             if not finite:
                 break
         return Block(steps, loss_sum, correct, finite)
+
+    def _replicated_step(self, images, targets):
+        """The step, on every replica's share of the batch when there is a strategy."""
+        if self.strategy is None:
+            return self.train_step(images, targets)
+        losses, correct = self.strategy.run(self.train_step, args=(images, targets))
+        reduce = self.strategy.reduce
+        return (
+            reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None),
+            reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
+        )
 
     def _write_step_loss(self, loss):
         every = tf.constant(self.log_every, tf.int64)
