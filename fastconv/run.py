@@ -319,7 +319,7 @@ def _train_and_evaluate(config, dataset, log, resume, live_progress, shards, str
             )
     if summaries and not resume:
         summaries.hparams(config.to_dict(), logdir.name)
-        summaries.graph(trainer, config.batch_size)
+        summaries.graph(trainer, config.batch_size // trainer.replicas)  # the step as traced
 
     loop = RunLoop(config, trainer, datasets, state, checkpoints, summaries, log, live_progress)
     try:
@@ -362,6 +362,7 @@ class RunLoop:
         self.bar = progress.EpochBar(self.steps_per_epoch) if live else None
         self.profiler = Profiler(config.logdir, config.profile_steps)
         self.checkpoint = checkpoints.latest if checkpoints else None
+        self.saved = False  # whether the last block ended with a checkpoint
 
     def train(self) -> None:
         """Trains up to `config.epochs`; raises TrainingDiverged or Interrupted."""

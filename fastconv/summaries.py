@@ -39,7 +39,7 @@ class Summaries:
             hparams_api.hparams(values, trial_id=run_name)
 
     def graph(self, trainer: Trainer, batch_size: int) -> None:
-        """The graph of one training step, for TensorBoard's Graphs tab."""
+        """The graph of one training step on `batch_size` images, for the Graphs tab."""
         step = trainer.train_step.get_concrete_function(
             tf.TensorSpec([batch_size, *IMAGE_SHAPE], tf.float32),
             tf.TensorSpec([batch_size, 10], tf.float32),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from fastconv import data
 
@@ -83,3 +84,26 @@ def start_script(name: str, *args: str) -> subprocess.Popen:
         text=True,
         bufsize=1,
     )
+
+
+def indexed_images(count: int) -> np.ndarray:
+    """Images that carry their own index in their first two pixels (base 256)."""
+    images = np.zeros((count, 28, 28), np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.divmod(np.arange(count), 256)
+    return images
+
+
+def indices_of(batch_images: tf.Tensor) -> np.ndarray:
+    """Recovers the indices from a batch of (x / 255) images."""
+    pixels = np.rint(batch_images.numpy()[:, 0, :2, 0] * 255).astype(int)
+    return pixels[:, 0] * 256 + pixels[:, 1]
+
+
+def checkpoint_values(logdir: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a run folder's latest checkpoint, by name (the save counter aside)."""
+    reader = tf.train.load_checkpoint(str(logdir / "checkpoints"))
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if not name.startswith(("save_counter", "_CHECKPOINTABLE"))
+    }

@@ -11,9 +11,14 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_script, start_script, write_dataset
-from test_pipeline import indexed_images, indices_of
-from test_reliability import checkpoint_values
+from helpers import (
+    checkpoint_values,
+    indexed_images,
+    indices_of,
+    run_script,
+    start_script,
+    write_dataset,
+)
 
 from fastconv import pipeline, runtime
 

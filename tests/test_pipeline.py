@@ -3,21 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import indexed_images, indices_of
 
 from fastconv import pipeline
-
-
-def indexed_images(count: int) -> np.ndarray:
-    """Images that carry their own index in their first two pixels (base 256)."""
-    images = np.zeros((count, 28, 28), np.uint8)
-    images[:, 0, 0], images[:, 0, 1] = np.divmod(np.arange(count), 256)
-    return images
-
-
-def indices_of(batch_images: tf.Tensor) -> np.ndarray:
-    """Recovers the indices from a batch of (x / 255) images."""
-    pixels = np.rint(batch_images.numpy()[:, 0, :2, 0] * 255).astype(int)
-    return pixels[:, 0] * 256 + pixels[:, 1]
 
 
 def stream_of_indices(count=1000, batch_size=64, seed=3, start_step=0):

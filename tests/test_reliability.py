@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_script, start_script, synthetic_dataset, write_dataset
+from helpers import (
+    checkpoint_values,
+    run_script,
+    start_script,
+    synthetic_dataset,
+    write_dataset,
+)
 
 from fastconv import rundir
 from fastconv.checkpoints import Checkpoints
@@ -39,16 +45,6 @@ def train(data_dir, logdir, *flags):
     run = run_script("train.py", *common_flags(data_dir, logdir), "--deterministic", *flags)
     assert run.returncode == 0, run.stderr
     return run
-
-
-def checkpoint_values(logdir: Path) -> dict[str, np.ndarray]:
-    """Every tensor of the run's latest checkpoint, by name (the save counter aside)."""
-    reader = tf.train.load_checkpoint(str(logdir / rundir.CHECKPOINTS))
-    return {
-        name: reader.get_tensor(name)
-        for name in reader.get_variable_to_shape_map()
-        if not name.startswith(("save_counter", "_CHECKPOINTABLE"))
-    }
 
 
 def assert_bit_identical(a: dict, b: dict) -> None:
