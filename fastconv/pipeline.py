@@ -43,8 +43,14 @@ class Standardization:
 IDENTITY = Standardization(mean=0.0, std=1.0)
 
 
-def _batch_maker(images: np.ndarray, labels: np.ndarray, standardize: Standardization):
-    """A function from a batch of indices to (images (B, 28, 28, 1) float32, one-hot targets)."""
+def batch_maker(images: np.ndarray, labels: np.ndarray, standardize: Standardization):
+    """A function from a batch of indices to (images (B, 28, 28, 1) float32, one-hot targets).
+
+    The arrays become constants on the device of the enclosing `tf.device` scope: called in
+    a tf.data map they live with the pipeline on the host; called inside the training loop
+    under a GPU's scope (`fastconv.trainer.Trainer.make_batch`), the data set is resident on
+    the GPU and only index rows cross to it.
+    """
     images = tf.constant(np.reshape(images, (-1, IMAGE_SIZE, IMAGE_SIZE, 1)))
     labels = tf.constant(labels, tf.int32)
 
@@ -82,6 +88,29 @@ def training_batches(
       batch_size: static batch size; each epoch drops its remainder so shapes never change.
       seed: with the epoch number, fixes each epoch's order.
       standardize: applied to each gathered batch.
+      start_step, replica_chunks: as for `training_order`.
+    """
+    make_batch = batch_maker(images, labels, standardize)
+    return (
+        training_order(len(images), batch_size, seed, start_step, replica_chunks)
+        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def training_order(
+    num_examples: int,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    replica_chunks: tuple[int, int, int] = (0, 1, 1),
+) -> tf.data.Dataset:
+    """The endless stream of the training batches' indices (rows of `batch_size`).
+
+    Args:
+      num_examples: training images to draw from.
+      batch_size: static batch size; each epoch drops its remainder so shapes never change.
+      seed: with the epoch number, fixes each epoch's order.
       start_step: the step the stream starts at, counted from the first step of epoch 0;
         a resumed run passes its step count and gets exactly the batches it had not seen.
       replica_chunks: (first, count, of): each batch is cut into `of` equal chunks, one per
@@ -89,12 +118,10 @@ def training_batches(
         of each batch in turn, for the replicas it feeds. Together the replicas see exactly
         the batches of a one-device run, so the global batch and the order stay the book's.
     """
-    num_examples = len(images)
     if batch_size > num_examples:
         raise ValueError(
             f"batch_size={batch_size} is larger than the {num_examples} training images"
         )
-    make_batch = _batch_maker(images, labels, standardize)
     first_epoch, first_step = divmod(start_step, num_examples // batch_size)
     epochs = tf.data.Dataset.counter(start=first_epoch)
     rows = (
@@ -109,14 +136,14 @@ def training_batches(
         rows = rows.map(
             lambda row: tf.reshape(row, [of, batch_size // of])[first : first + count]
         ).unbatch()
-    return rows.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return rows
 
 
 def evaluation_batches(
     images: np.ndarray, labels: np.ndarray, batch_size: int, standardize: Standardization
 ) -> tf.data.Dataset:
     """Every image once, in order, in batches of `batch_size` (the last one may be smaller)."""
-    make_batch = _batch_maker(images, labels, standardize)
+    make_batch = batch_maker(images, labels, standardize)
     return (
         tf.data.Dataset.range(len(images), output_type=tf.int32)
         .batch(batch_size)

@@ -87,6 +87,9 @@ class Trainer:
         self.step_summaries = step_summaries
         self.log_every = log_every
         self.recording = tf.Variable(True, trainable=False, name="recording")
+        # Set (before the first call) when the iterator yields index rows and the images are
+        # resident on the device: the batch is then gathered inside the loop, on the device.
+        self.make_batch = None
         self.train_step = tf.function(self._train_step, jit_compile=xla)
         self.eval_step = tf.function(self._eval_step, jit_compile=xla)
         # Prediction takes arrays of any length: one trace with a free batch dimension.
@@ -164,7 +167,8 @@ class Trainer:
         steps = tf.constant(0)
         finite = tf.constant(True)
         for _ in tf.range(num_steps):
-            images, targets = next(iterator)
+            batch = next(iterator)
+            images, targets = batch if self.make_batch is None else self.make_batch(batch)
             loss, batch_correct = self._replicated_step(images, targets)
             self.step.assign_add(1)
             steps += 1
