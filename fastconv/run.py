@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from fastconv import data, export, figures, pipeline, progress, rundir, runtime
+from fastconv import data, export, figures, pipeline, progress, rundir, runtime, xla_probe
 from fastconv.checkpoints import Checkpoints
 from fastconv.config import ConfigError, TrainConfig
 from fastconv.interruption import Interrupted, StopRequests
@@ -92,6 +92,7 @@ class Datasets:
     validation: tf.data.Dataset
     test: tf.data.Dataset
     train_size: int
+    batch_size: int
     standardize: pipeline.Standardization
     # With the training set resident on the device, `train` yields index rows and this
     # gathers their batch inside the compiled loop (`Trainer.make_batch`); else None.
@@ -158,25 +159,10 @@ def make_datasets(
         ),
         test=evaluation(dataset.test_images, dataset.test_labels),
         train_size=len(split.train),
+        batch_size=config.batch_size,
         standardize=standardize,
         make_batch=make_batch,
     )
-
-
-@contextlib.contextmanager
-def state_restored(trainer: Trainer):
-    """Runs the block, then puts every variable of the trainer back as it was.
-
-    Step summaries are off meanwhile: the steps it undoes must not show in TensorBoard.
-    """
-    snapshot = [v.numpy() for v in trainer.variables]
-    trainer.recording.assign(False)
-    try:
-        yield
-    finally:
-        for variable, value in zip(trainer.variables, snapshot):
-            variable.assign(value)
-        trainer.recording.assign(True)
 
 
 def compile_trainer(trainer: Trainer, datasets: Datasets) -> float:
@@ -186,35 +172,28 @@ def compile_trainer(trainer: Trainer, datasets: Datasets) -> float:
     follows is exactly the run without this warm-up.
     """
     start = time.perf_counter()
-    with state_restored(trainer):
+    with trainer.state_restored():
         trainer.train(iter(datasets.train), tf.constant(1))
         trainer.evaluate(datasets.validation.take(1))
     return time.perf_counter() - start
 
 
 def xla_speed_ratio(trainer: Trainer, datasets: Datasets, steps: int = 50, rounds: int = 3):
-    """Speed of the XLA steps over graph-mode steps on the same weights: best of `rounds`.
-
-    Costs about a second: a graph-mode twin of the trainer is compiled, both run `rounds`
-    blocks of `steps` steps, and the XLA trainer's state is put back afterwards.
-    """
+    """Speed of the trainer's XLA steps over graph mode's at its best: best of `rounds` blocks
+    of `steps` steps each (see `fastconv.xla_probe`). Leaves the trainer as it was."""
+    with trainer.state_restored():
+        xla_seconds = xla_probe.block_seconds(trainer, iter(datasets.train), steps, rounds)
     model = trainer.model
-    twin_model = ConvNet(model.n_kernels, model.units, dtype_policy=model.dtype_policy.name)
-    for twin, weight in zip(twin_model.weights, model.weights):
-        twin.assign(weight)
-    twin = Trainer(twin_model, trainer.learning_rate, xla=False, shards=trainer.shards)
-    twin.make_batch = trainer.make_batch
-    seconds = {trainer: [], twin: []}
-    with state_restored(trainer):
-        iterators = {t: iter(datasets.train) for t in seconds}
-        for t in seconds:
-            t.train(iterators[t], tf.constant(1))  # compiles the twin
-        for _ in range(rounds):
-            for t, times in seconds.items():
-                start = time.perf_counter()
-                t.train(iterators[t], tf.constant(steps)).loss.numpy()  # host read: waits
-                times.append(time.perf_counter() - start)
-    return min(seconds[twin]) / min(seconds[trainer])
+    graph_seconds = xla_probe.graph_block_seconds(
+        n_kernels=model.n_kernels,
+        units=model.units,
+        precision=model.dtype_policy.name,
+        batch_size=datasets.batch_size,
+        shards=trainer.shards,
+        steps=steps,
+        rounds=rounds,
+    )
+    return graph_seconds / xla_seconds
 
 
 def resolve_precision(precision: str, log: Callable[[str], None]) -> str:

@@ -8,6 +8,7 @@ that needs Python (printing, logging, checkpoints) happens between blocks, in `f
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import keras
@@ -105,6 +106,21 @@ class Trainer:
     def variables(self) -> list[tf.Variable]:
         """All the state a step changes: the weights, the optimizer's variables, the step."""
         return [*self.model.weights, *self.optimizer.variables, self.step]
+
+    @contextlib.contextmanager
+    def state_restored(self):
+        """Runs the block, then puts every variable of the trainer back as it was.
+
+        Step summaries are off meanwhile: the steps it undoes must not show in TensorBoard.
+        """
+        snapshot = [v.numpy() for v in self.variables]
+        self.recording.assign(False)
+        try:
+            yield
+        finally:
+            for variable, value in zip(self.variables, snapshot):
+                variable.assign(value)
+            self.recording.assign(True)
 
     @property
     def steps_done(self) -> int:
