@@ -180,7 +180,8 @@ def compile_trainer(trainer: Trainer, datasets: Datasets) -> float:
 
 def xla_speed_ratio(trainer: Trainer, datasets: Datasets, steps: int = 50, rounds: int = 3):
     """Speed of the trainer's XLA steps over graph mode's at its best: best of `rounds` blocks
-    of `steps` steps each (see `fastconv.xla_probe`). Leaves the trainer as it was."""
+    of `steps` steps each (see `fastconv.xla_probe`); None when graph mode could not be timed.
+    Leaves the trainer as it was."""
     with trainer.state_restored():
         xla_seconds = xla_probe.block_seconds(trainer, iter(datasets.train), steps, rounds)
     model = trainer.model
@@ -193,7 +194,7 @@ def xla_speed_ratio(trainer: Trainer, datasets: Datasets, steps: int = 50, round
         steps=steps,
         rounds=rounds,
     )
-    return graph_seconds / xla_seconds
+    return graph_seconds / xla_seconds if graph_seconds else None
 
 
 def resolve_precision(precision: str, log: Callable[[str], None]) -> str:
@@ -320,7 +321,7 @@ def _train_and_evaluate(config, dataset, log, resume, live_progress, shards, str
     xla_ratio = None
     if config.xla and not runtime.has_gpu() and not strategy:
         xla_ratio = xla_speed_ratio(trainer, datasets)
-        if xla_ratio < 0.95:
+        if xla_ratio is not None and xla_ratio < 0.95:
             log(
                 f"note: on this CPU the XLA steps ran at {xla_ratio:.2f}x the speed of graph "
                 "mode (measured just now, best of 3 x 50 steps); leave out --xla to train faster"

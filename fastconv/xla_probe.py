@@ -34,20 +34,24 @@ def block_seconds(trainer: Trainer, iterator, steps: int, rounds: int) -> float:
     return best
 
 
-def graph_block_seconds(**settings) -> float:
-    """`block_seconds` of graph mode at its best, measured in a child process.
+def graph_block_seconds(**settings) -> float | None:
+    """`block_seconds` of graph mode at its best, measured in a child process; None if the
+    child could not run (the probe only informs, it must never stop a run).
 
     `settings`: n_kernels, units, precision, batch_size, shards, steps, rounds.
     """
-    child = subprocess.run(
-        [sys.executable, "-m", "fastconv.xla_probe", json.dumps(settings)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        check=True,
-    )
-    return float(child.stdout.strip().splitlines()[-1])
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "fastconv.xla_probe", json.dumps(settings)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            check=True,
+        )
+        return float(child.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 def _time_graph_mode(settings: dict) -> float:
