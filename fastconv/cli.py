@@ -249,7 +249,6 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
 
     versions = runtime.versions()
     log(" | ".join(f"{name} {version}" for name, version in versions.items()))
-    log(f"device: {runtime.describe_device()}")
     log("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
     try:
         result = train_and_evaluate(

@@ -197,9 +197,10 @@ def xla_speed_ratio(trainer: Trainer, datasets: Datasets, steps: int = 50, round
     return graph_seconds / xla_seconds if graph_seconds else None
 
 
-def resolve_precision(precision: str, log: Callable[[str], None]) -> str:
-    """The policy to train in: `auto` becomes the device's pick, said with its reason."""
-    device = runtime.this_device()
+def resolve_precision(precision: str, device_name: str, log: Callable[[str], None]) -> str:
+    """The policy to train in on `device_name`: `auto` becomes the device's pick, said with
+    its reason."""
+    device = runtime.this_device(device_name)
     if precision == "auto":
         precision, reason = runtime.choose_precision(device)
         log(f"precision: auto picked {precision}: {reason}")
@@ -226,13 +227,16 @@ def train_and_evaluate(
     stopped. `log` receives the run's lines; `live_progress` adds a live bar per epoch (for
     a terminal).
     """
+    # Listing and configuring the GPUs runs no op, so the threads can still be set after.
+    device = runtime.resolve_device(config.device, runtime.prepare_gpus())
+    on_gpu = "GPU" in device
+    log(f"device: {runtime.describe_device(device)}")
     # Under a strategy the replicas take the place of shards.
     shards = 1 if config.strategy != "none" else config.shards
-    shards = shards or runtime.auto_shards(config.batch_size)
-    threads = runtime.thread_counts(shards, config.xla)
+    shards = shards or runtime.auto_shards(config.batch_size, on_gpu)
+    threads = runtime.thread_counts(shards, config.xla, on_gpu)
     if not runtime.set_threads(threads):  # only possible before TensorFlow's first op
         log(f"note: TensorFlow already started; keeping its threads instead of {threads}")
-    device = runtime.resolve_device(config.device, runtime.prepare_gpus())
     strategy = runtime.make_strategy(config.strategy, device)
     if strategy:
         config = per_worker(config, strategy, log)
@@ -241,11 +245,11 @@ def train_and_evaluate(
     runtime.seed_everything(config.seed)
     dataset = dataset if dataset is not None else data.load(config.data_dir)
     # On a GPU the training images stay there when they fit, and only indices cross to it.
-    resident = "GPU" in device and not strategy and dataset.train_images.nbytes <= RESIDENT_BYTES
+    resident = on_gpu and not strategy and dataset.train_images.nbytes <= RESIDENT_BYTES
     # Variables, and the ops traced later, go where --device says; a strategy places its own.
     with contextlib.nullcontext() if strategy else tf.device(device):
         return _train_and_evaluate(
-            config, dataset, log, resume, live_progress, shards, strategy, resident
+            config, dataset, log, resume, live_progress, device, shards, strategy, resident
         )
 
 
@@ -266,7 +270,9 @@ def per_worker(config: TrainConfig, strategy, log: Callable[[str], None]) -> Tra
     return dataclasses.replace(config, logdir=logdir, export_dir=None)
 
 
-def _train_and_evaluate(config, dataset, log, resume, live_progress, shards, strategy, resident):
+def _train_and_evaluate(
+    config, dataset, log, resume, live_progress, device, shards, strategy, resident
+):
     logdir = Path(config.logdir) if config.logdir else None
     # Checked before anything is written: a refused run leaves the folder as it found it.
     has_checkpoint = bool(logdir) and Checkpoints.exist(logdir / rundir.CHECKPOINTS)
@@ -278,7 +284,7 @@ def _train_and_evaluate(config, dataset, log, resume, live_progress, shards, str
             "or choose another --logdir"
         )
 
-    precision = resolve_precision(config.precision, log)
+    precision = resolve_precision(config.precision, device, log)
     summaries = Summaries(logdir) if logdir else None
     # A strategy's scope makes the weights and the optimizer's variables mirrored.
     with strategy.scope() if strategy else contextlib.nullcontext():
@@ -301,7 +307,11 @@ def _train_and_evaluate(config, dataset, log, resume, live_progress, shards, str
         rundir.write_json(logdir / rundir.CONFIG, config.to_dict())
         rundir.write_json(
             logdir / rundir.ENVIRONMENT,
-            {**runtime.versions(), "device": runtime.describe_device(), "precision": precision},
+            {
+                **runtime.versions(),
+                "device": runtime.describe_device(device),
+                "precision": precision,
+            },
         )
 
     datasets = make_datasets(dataset, config, trainer.steps_done, strategy, resident)
@@ -319,7 +329,7 @@ def _train_and_evaluate(config, dataset, log, resume, live_progress, shards, str
     compile_seconds = compile_trainer(trainer, datasets)
     log(f"compiled in {compile_seconds:.2f} s")
     xla_ratio = None
-    if config.xla and not runtime.has_gpu() and not strategy:
+    if config.xla and device == "/CPU:0" and not strategy:
         xla_ratio = xla_speed_ratio(trainer, datasets)
         if xla_ratio is not None and xla_ratio < 0.95:
             log(

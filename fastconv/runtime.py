@@ -41,9 +41,9 @@ def _cpuinfo_field(name: str) -> str:
     return ""
 
 
-def describe_device() -> str:
+def describe_device(device_name: str | None = None) -> str:
     """One line naming the device the run computes on, e.g. 'CPU: AMD EPYC 9R14 (2 cores)'."""
-    device = this_device()
+    device = this_device(device_name)
     if device.kind == "GPU":
         count = len(tf.config.list_physical_devices("GPU"))
         return f"GPU: {device.name} (x{count}, compute capability {device.compute_capability})"
@@ -73,26 +73,28 @@ def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def auto_shards(batch_size: int) -> int:
+def auto_shards(batch_size: int, on_gpu: bool | None = None) -> int:
     """Shards per step when the user names none: 2 on a CPU when the batch splits evenly.
 
     On the 2-core machine this was measured on, two shards with one thread each trained
     ~20% faster than one batch on two threads (the step is a chain of small ops that one
-    core cannot keep the other busy with). A GPU runs one batch as one.
+    core cannot keep the other busy with). A GPU runs one batch as one. `on_gpu`: whether the
+    run computes on a GPU (default: whether the machine has one).
     """
-    if has_gpu() or cpu_cores() < 2 or batch_size % 2:
+    if (has_gpu() if on_gpu is None else on_gpu) or cpu_cores() < 2 or batch_size % 2:
         return 1
     return 2
 
 
-def thread_counts(shards: int, xla: bool) -> tuple[int, int] | None:
+def thread_counts(shards: int, xla: bool, on_gpu: bool | None = None) -> tuple[int, int] | None:
     """(intra-op, inter-op) threads for a CPU run, or None to keep TensorFlow's defaults.
 
     With shards in graph mode, each op gets cores // shards threads and `shards` ops run
     at once, so the shards proceed side by side. XLA's compiled steps parallelize inside
-    their own kernels and want the intra-op threads, so they keep the defaults.
+    their own kernels and want the intra-op threads, so they keep the defaults. `on_gpu` as
+    for `auto_shards`.
     """
-    if shards == 1 or xla or has_gpu():
+    if shards == 1 or xla or (has_gpu() if on_gpu is None else on_gpu):
         return None
     return max(1, cpu_cores() // shards), shards
 
@@ -154,13 +156,17 @@ def choose_precision(device: DeviceDescription) -> tuple[str, str]:
     return "float32", "CPU without bfloat16 units (no avx512_bf16 or amx_bf16)"
 
 
-def this_device() -> DeviceDescription:
-    """The description of the device this process trains on: its first GPU, else the CPU."""
+def this_device(device_name: str | None = None) -> DeviceDescription:
+    """The description of `device_name` ("/CPU:0", "/GPU:1", as `resolve_device` gives), or
+    when None of the device a run would pick: the first GPU, else the CPU."""
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
+    if device_name is None:
+        device_name = "/GPU:0" if gpus else "/CPU:0"
+    if "GPU" in device_name:
+        gpu = gpus[int(device_name.rsplit(":", 1)[1])]
+        details = tf.config.experimental.get_device_details(gpu)
         return DeviceDescription(
-            "GPU", details.get("device_name", gpus[0].name), details.get("compute_capability")
+            "GPU", details.get("device_name", gpu.name), details.get("compute_capability")
         )
     return DeviceDescription(
         "CPU", cpu_name(), cpu_flags=frozenset(_cpuinfo_field("flags").split())

@@ -86,3 +86,5 @@ def test_this_machine_is_described():
     assert device.kind in ("CPU", "GPU")
     if device.kind == "CPU":
         assert device.cpu_flags  # read from /proc/cpuinfo
+    # The CPU named by --device cpu is described as a CPU, whatever GPUs the machine has.
+    assert runtime.this_device("/CPU:0").kind == "CPU"

@@ -22,6 +22,7 @@ def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cpu_with):
     assert runtime.auto_shards(128) == 1
     cpu_with(8, gpu=True)
     assert runtime.auto_shards(128) == 1
+    assert runtime.auto_shards(128, on_gpu=False) == 2  # --device cpu on a machine with a GPU
 
 
 def test_shards_get_the_cores_between_them_in_graph_mode(cpu_with):
@@ -33,3 +34,4 @@ def test_shards_get_the_cores_between_them_in_graph_mode(cpu_with):
     assert runtime.thread_counts(shards=2, xla=True) is None  # XLA's kernels want the threads
     cpu_with(16, gpu=True)
     assert runtime.thread_counts(shards=2, xla=False) is None
+    assert runtime.thread_counts(shards=2, xla=False, on_gpu=False) == (8, 2)
