@@ -98,6 +98,11 @@ class Datasets:
     # gathers their batch inside the compiled loop (`Trainer.make_batch`); else None.
     make_batch: Callable | None = None
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps in an epoch: the remainder of the images is dropped, as the book does."""
+        return self.train_size // self.batch_size
+
 
 def make_datasets(
     dataset: data.FashionMNIST,
@@ -319,7 +324,7 @@ def _train_and_evaluate(
     log(
         f"data: {dataset.source} | train {datasets.train_size}, validation "
         f"{len(dataset.train_images) - datasets.train_size}, test {len(dataset.test_images)} "
-        f"| {datasets.train_size // config.batch_size} steps of {config.batch_size} per epoch"
+        f"| {datasets.steps_per_epoch} steps of {config.batch_size} per epoch"
         + (" | training images resident on the device" if resident else "")
     )
     log(
@@ -356,7 +361,7 @@ def _train_and_evaluate(
             loop.checkpoint,
         )
         if logdir:
-            write_results(result, logdir, datasets, loop.steps_per_epoch, summaries)
+            write_results(result, logdir, datasets, summaries)
     finally:
         if summaries:
             summaries.close()
@@ -373,7 +378,7 @@ class RunLoop:
     def __init__(self, config, trainer, datasets, state, checkpoints, summaries, log, live):
         self.config, self.trainer, self.datasets, self.state = config, trainer, datasets, state
         self.checkpoints, self.summaries, self.log = checkpoints, summaries, log
-        self.steps_per_epoch = datasets.train_size // config.batch_size
+        self.steps_per_epoch = datasets.steps_per_epoch
         block_steps = config.steps_per_call or (
             progress.live_block_steps(self.steps_per_epoch) if live else self.steps_per_epoch
         )
@@ -490,11 +495,10 @@ def write_results(
     result: RunResult,
     logdir: Path,
     datasets: Datasets,
-    steps_per_epoch: int,
     summaries: Summaries,
 ) -> None:
     """metrics.json, the book's figures as PNG, and the test results in TensorBoard."""
-    rundir.write_json(logdir / rundir.METRICS, metrics(result, steps_per_epoch))
+    rundir.write_json(logdir / rundir.METRICS, metrics(result, datasets.steps_per_epoch))
     (logdir / "loss.png").write_bytes(figures.png_bytes(figures.loss_curves(result.history)))
     (logdir / "accuracy.png").write_bytes(figures.png_bytes(figures.accuracy_curve(result.history)))
     matrix = confusion_matrix(result.trainer, datasets.test)
