@@ -170,42 +170,34 @@ def _fastconv(
 
     import tensorflow as tf
 
-    from fastconv import data, pipeline
+    from fastconv import data
+    from fastconv.config import TrainConfig
     from fastconv.model import ConvNet
+    from fastconv.run import make_datasets
     from fastconv.trainer import Trainer
 
-    class NaiveXlaTrainer(Trainer):
-        """XLA on the book's tf.nn.conv2d / max_pool2d, not on the XLA-friendly forpass."""
-
-        def _forpass(self, images):
-            return self.model.forpass(images, xla_friendly=False)
-
-    dataset = data.load(download=False)
-    split = data.stratified_split(dataset.train_labels)
-    batches = pipeline.training_batches(
-        dataset.train_images[split.train],
-        dataset.train_labels[split.train],
-        batch_size,
-        42,
-        pipeline.Standardization(),
-    )
-    trainer_class = NaiveXlaTrainer if naive else Trainer
+    # The pipeline a run of the CLI gets: the training images resident, batches gathered in
+    # the compiled loop.
+    config = TrainConfig(batch_size=batch_size, seed=42)
+    datasets = make_datasets(data.load(download=False), config, resident=True)
     model = ConvNet(seed=42, dtype_policy=precision)
     step_summaries = None
     if log_every:  # as a run with a --logdir writes them
         import tempfile
 
         step_summaries = tf.summary.create_file_writer(tempfile.mkdtemp(prefix="fastconv-bench-"))
-    trainer = trainer_class(
+    trainer = Trainer(
         model,
         0.01,
         xla=xla,
         shards=shards,
+        conv_form="nn" if naive else None,  # naive: XLA on the book's tf.nn ops
         step_summaries=step_summaries,
         log_every=log_every or 50,
     )
-    iterator = iter(batches)
-    steps = tf.constant(len(split.train) // batch_size)
+    trainer.make_batch = datasets.make_batch
+    iterator = iter(datasets.train)
+    steps = tf.constant(datasets.steps_per_epoch)
     trainer.train(iterator, tf.constant(1))  # compile
 
     def run_round():  # one epoch in one compiled call

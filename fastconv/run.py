@@ -22,8 +22,8 @@ from fastconv.profiling import Profiler
 from fastconv.summaries import Summaries
 from fastconv.trainer import Trainer
 
-# A training set up to this size is kept on a GPU (Fashion-MNIST's is 38 MB); a larger one
-# streams from host memory, prefetched.
+# A training set up to this size is kept on the device (Fashion-MNIST's is 38 MB) and each
+# batch gathered inside the compiled loop; a larger one streams from host memory, prefetched.
 RESIDENT_BYTES = 2**30
 
 
@@ -249,8 +249,10 @@ def train_and_evaluate(
         runtime.enable_determinism()
     runtime.seed_everything(config.seed)
     dataset = dataset if dataset is not None else data.load(config.data_dir)
-    # On a GPU the training images stay there when they fit, and only indices cross to it.
-    resident = on_gpu and not strategy and dataset.train_images.nbytes <= RESIDENT_BYTES
+    # The training images stay on the device when they fit, and only indices cross to it: on
+    # a GPU that spares the host-to-device copies; on a CPU it keeps tf.data's threads off the
+    # cores the steps use (1.09x in float32, 1.2x in bfloat16 on the 2-core host).
+    resident = not strategy and dataset.train_images.nbytes <= RESIDENT_BYTES
     # Variables, and the ops traced later, go where --device says; a strategy places its own.
     with contextlib.nullcontext() if strategy else tf.device(device):
         return _train_and_evaluate(
@@ -299,6 +301,7 @@ def _train_and_evaluate(
             config.learning_rate,
             xla=config.xla,
             shards=shards,
+            conv_form=runtime.conv_form(config.xla, "GPU" in device),
             step_summaries=summaries.train if summaries else None,
             log_every=config.log_every,
             strategy=strategy,

@@ -86,6 +86,19 @@ def auto_shards(batch_size: int, on_gpu: bool | None = None) -> int:
     return 2
 
 
+def conv_form(xla: bool, on_gpu: bool | None = None) -> str:
+    """Which of `fastconv.model.CONV_FORMS` computes the conv layer: the fastest for the engine.
+
+    XLA compiles the patches matmul well and its own convolution badly; a GPU runs the
+    book's `tf.nn` ops as cuDNN kernels; graph mode on a CPU is fastest with the batch as
+    the channels of a depthwise conv (~1.7x the tf.nn ops on the 2-core host, measured with
+    the whole step ~1.2x). `on_gpu` as for `auto_shards`.
+    """
+    if xla:
+        return "patches"
+    return "nn" if (has_gpu() if on_gpu is None else on_gpu) else "batch_channels"
+
+
 def thread_counts(shards: int, xla: bool, on_gpu: bool | None = None) -> tuple[int, int] | None:
     """(intra-op, inter-op) threads for a CPU run, or None to keep TensorFlow's defaults.
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from fastconv import runtime
 from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy
 
 
@@ -41,9 +42,11 @@ class Trainer:
     Args:
       model: the network; its weights are updated in place.
       learning_rate: the SGD step size.
-      xla: compile the per-batch steps with XLA (`jit_compile=True`), on the forpass written
-        for XLA. XLA goes on the steps only, as Keras does: the loop around them drives a
-        tf.data iterator, which XLA cannot compile.
+      xla: compile the per-batch steps with XLA (`jit_compile=True`). XLA goes on the steps
+        only, as Keras does: the loop around them drives a tf.data iterator, which XLA
+        cannot compile.
+      conv_form: which of `fastconv.model.CONV_FORMS` the forpass computes the conv layer
+        with; by default the fastest for XLA or the device (`fastconv.runtime.conv_form`).
       shards: split each batch into this many equal shards, each with its own forward and
         backward pass, and average their gradients. The result is the batch's mean gradient
         (up to float32 rounding); the shards are independent, so the executor runs them on
@@ -60,6 +63,7 @@ class Trainer:
         learning_rate: float,
         xla: bool = False,
         shards: int = 1,
+        conv_form: str | None = None,
         step_summaries: tf.summary.SummaryWriter | None = None,
         log_every: int = 50,
         strategy: tf.distribute.Strategy | None = None,
@@ -68,6 +72,7 @@ class Trainer:
         self.learning_rate = learning_rate
         self.xla = xla
         self.shards = shards
+        self.conv_form = conv_form or runtime.conv_form(xla)
         # Under a tf.distribute strategy (model and trainer built in its scope), each replica
         # steps on its share of the global batch; the optimizer sums the replicas' gradients,
         # so each replica's loss is divided by their number: the sum is the global mean's.
@@ -128,7 +133,7 @@ class Trainer:
         return int(self.step.numpy())
 
     def _forpass(self, images):
-        return self.model.forpass(images, xla_friendly=self.xla)
+        return self.model.forpass(images, self.conv_form)
 
     def _train_step(self, images, targets):
         """One SGD step on a batch; returns its mean loss and number of correct predictions.
@@ -137,20 +142,24 @@ class Trainer:
         forward pass after it: the same information for half the forward work.
         """
         weights = self.model.weights
+        shards = self._split(images, targets)
+        # Each shard's loss is divided by the number of shards and of replicas, so that the
+        # sum of all their gradients is the gradient of the global batch's mean loss.
+        parts = len(shards) * self.replicas
         losses, gradients, correct = [], [], []
-        for shard_images, shard_targets in self._split(images, targets):
+        for shard_images, shard_targets in shards:
             with tf.GradientTape() as tape:
                 logits = self._forpass(shard_images)
                 loss = cross_entropy(shard_targets, logits)
-                scaled_loss = loss / self.replicas if self.replicas > 1 else loss
+                scaled_loss = loss / parts if parts > 1 else loss
                 if self.loss_scaling:
                     scaled_loss = self.optimizer.scale_loss(scaled_loss)
             losses.append(loss)
             gradients.append(tape.gradient(scaled_loss, weights))
             correct.append(_count_correct(shard_targets, logits))
+        self.optimizer.apply_gradients(zip([tf.add_n(g) for g in zip(*gradients)], weights))
         # Equal shards: the mean of their means is the batch mean.
-        self.optimizer.apply_gradients(zip([_mean(g) for g in zip(*gradients)], weights))
-        return _mean(losses), tf.add_n(correct)
+        return tf.add_n(losses) / len(losses), tf.add_n(correct)
 
     def _eval_step(self, images, targets):
         """Sum of losses and number of correct predictions on a batch."""
@@ -170,7 +179,7 @@ class Trainer:
         """The batch's shards; one when the batch does not divide evenly (a last, short batch)."""
         if self.shards == 1 or images.shape[0] is None or images.shape[0] % self.shards:
             return [(images, targets)]
-        return zip(tf.split(images, self.shards), tf.split(targets, self.shards))
+        return list(zip(tf.split(images, self.shards), tf.split(targets, self.shards)))
 
     def _train(self, iterator, num_steps):
         """Runs `num_steps` training steps, or fewer if one leaves the loss or a weight non-finite.
@@ -237,11 +246,6 @@ class Trainer:
         """How many times the compiled functions were traced (a retrace adds one)."""
         functions = (self.train, self.evaluate, self.train_step, self.eval_step, self.predict_step)
         return sum(f.experimental_get_tracing_count() for f in functions)
-
-
-def _mean(tensors):
-    """The mean of the shards' tensors; the tensor itself when the batch ran whole."""
-    return tensors[0] if len(tensors) == 1 else tf.add_n(tensors) / len(tensors)
 
 
 def _count_correct(targets, logits):

@@ -5,7 +5,7 @@ import pytest
 import reference
 import tensorflow as tf
 
-from fastconv.model import ConvNet, conv_relu_pool_matmul, conv_relu_pool_nn, cross_entropy
+from fastconv.model import CONV_FORMS, ConvNet, cross_entropy
 
 
 def randomized(model: ConvNet, seed: int = 0) -> ConvNet:
@@ -67,12 +67,27 @@ def test_loss_is_mean_softmax_cross_entropy():
     assert loss == pytest.approx(reference.cross_entropy(targets, logits), rel=1e-6)
 
 
-def test_xla_friendly_forpass_matches_float64_reference():
+@pytest.mark.parametrize("conv_form", CONV_FORMS)
+def test_every_conv_form_of_the_forpass_matches_float64_reference(conv_form):
     model = randomized(ConvNet(10, 100), seed=3)
     images = np.random.default_rng(4).random((16, 28, 28, 1)).astype(np.float32)
-    logits = model.forpass(tf.constant(images), xla_friendly=True).numpy()
+    logits = model.forpass(tf.constant(images), conv_form).numpy()
     expected = reference.forpass(images, *(v.numpy().astype(np.float64) for v in model.weights))
     assert relative_error(logits, expected) < 1e-5
+
+
+def test_batch_channels_form_takes_any_batch_size_in_one_trace():
+    model = randomized(ConvNet(10, 100), seed=6)
+    forpass = tf.function(
+        lambda x: model.forpass(x, "batch_channels"),
+        input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
+    )
+    rng = np.random.default_rng(7)
+    for count in (1, 5, 64):
+        images = rng.random((count, 28, 28, 1)).astype(np.float32)
+        expected = reference.forpass(images, *(v.numpy().astype(np.float64) for v in model.weights))
+        assert relative_error(forpass(images).numpy(), expected) < 1e-5
+    assert forpass.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -96,7 +111,7 @@ def test_conv_relu_pool_forms_equal_the_books_order_in_values_and_gradients(jit_
         return [t.numpy() for t in run()]
 
     expected = values_and_gradients(book_conv_relu_pool)
-    for conv_relu_pool in (conv_relu_pool_nn, conv_relu_pool_matmul):
+    for conv_relu_pool in CONV_FORMS.values():
         actual = values_and_gradients(conv_relu_pool)
         for name, a, e in zip(("values", "d conv_w", "d conv_b", "d images"), actual, expected):
             assert relative_error(a, e) < 1e-5, (conv_relu_pool.__name__, name)

@@ -6,7 +6,7 @@ import tensorflow as tf
 from test_trainer import batch
 
 from fastconv import runtime
-from fastconv.model import ConvNet, cross_entropy
+from fastconv.model import CONV_FORMS, ConvNet, cross_entropy
 from fastconv.runtime import DeviceDescription, choose_precision
 from fastconv.trainer import Trainer
 
@@ -14,19 +14,20 @@ COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_f
 
 
 @pytest.mark.parametrize("policy", COMPUTE_DTYPES)
-@pytest.mark.parametrize("xla_friendly", [False, True])
-def test_policy_dtypes(policy, xla_friendly):
+@pytest.mark.parametrize("conv_form", CONV_FORMS)
+def test_policy_dtypes(policy, conv_form):
     model = ConvNet(seed=0, dtype_policy=policy)
     images, targets = batch(count=8)
     assert all(w.dtype == tf.float32 for w in model.weights)
-    graph = (
-        tf.function(lambda x: model.forpass(x, xla_friendly=xla_friendly))
-        .get_concrete_function(images)
-        .graph
-    )
-    matmuls = [op for op in graph.get_operations() if op.type in ("MatMul", "Conv2D")]
+    graph = tf.function(lambda x: model.forpass(x, conv_form)).get_concrete_function(images).graph
+    ops = graph.get_operations()
+    matmuls = [op for op in ops if op.type in ("MatMul", "Conv2D")]
     assert matmuls and all(op.get_attr("T") == COMPUTE_DTYPES[policy] for op in matmuls)
-    logits = model.forpass(images, xla_friendly=xla_friendly)
+    # The depthwise form is float32 by design (see conv_relu_pool_batch_channels).
+    depthwise = [op for op in ops if op.type == "DepthwiseConv2dNative"]
+    assert len(depthwise) == (conv_form == "batch_channels")
+    assert all(op.get_attr("T") == tf.float32 for op in depthwise)
+    logits = model.forpass(images, conv_form)
     assert logits.dtype == tf.float32
     assert cross_entropy(targets, logits).dtype == tf.float32
 

@@ -25,6 +25,16 @@ def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cpu_with):
     assert runtime.auto_shards(128, on_gpu=False) == 2  # --device cpu on a machine with a GPU
 
 
+def test_the_conv_form_suits_the_engine(cpu_with):
+    cpu_with(2)
+    assert runtime.conv_form(xla=False) == "batch_channels"
+    assert runtime.conv_form(xla=True) == "patches"
+    cpu_with(2, gpu=True)
+    assert runtime.conv_form(xla=False) == "nn"  # cuDNN runs the book's ops
+    assert runtime.conv_form(xla=False, on_gpu=False) == "batch_channels"  # --device cpu
+    assert runtime.conv_form(xla=True) == "patches"
+
+
 def test_shards_get_the_cores_between_them_in_graph_mode(cpu_with):
     cpu_with(2)
     assert runtime.thread_counts(shards=2, xla=False) == (1, 2)
