@@ -165,7 +165,7 @@ def _fastconv(
     from fastconv import runtime
 
     shards = shards or runtime.auto_shards(batch_size)
-    threads = runtime.thread_counts(shards, xla)
+    threads = runtime.thread_counts(shards)
     runtime.set_threads(threads)  # before TensorFlow's first op, as the CLI does
 
     import tensorflow as tf

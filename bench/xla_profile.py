@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf
 
-from fastconv.model import conv_relu_pool_nn, conv_relu_pool_patches
+from fastconv.model import CONV_FORMS
 
 BATCH = 128
 
@@ -53,8 +53,9 @@ def pieces():
         return [conv_b]
 
     return {
-        "conv + ReLU + pool, tf.nn.conv2d / max_pool2d": conv_piece(conv_relu_pool_nn),
-        "conv + ReLU + pool, patches matmul + reduce_max": conv_piece(conv_relu_pool_patches),
+        "conv + ReLU + pool, tf.nn.conv2d / max_pool2d": conv_piece(CONV_FORMS["nn"]),
+        "conv + ReLU + pool, batch as depthwise channels": conv_piece(CONV_FORMS["batch_channels"]),
+        "conv + ReLU + pool, patches matmul + reduce_max": conv_piece(CONV_FORMS["patches"]),
         "dense 1960 -> 100 -> 10 + softmax cross-entropy": dense_and_loss,
         "SGD update of the 197,210 weights": sgd_update,
     }

@@ -183,25 +183,6 @@ def compile_trainer(trainer: Trainer, datasets: Datasets) -> float:
     return time.perf_counter() - start
 
 
-def xla_speed_ratio(trainer: Trainer, datasets: Datasets, steps: int = 50, rounds: int = 3):
-    """Speed of the trainer's XLA steps over graph mode's at its best: best of `rounds` blocks
-    of `steps` steps each (see `fastconv.xla_probe`); None when graph mode could not be timed.
-    Leaves the trainer as it was."""
-    with trainer.state_restored():
-        xla_seconds = xla_probe.block_seconds(trainer, iter(datasets.train), steps, rounds)
-    model = trainer.model
-    graph_seconds = xla_probe.graph_block_seconds(
-        n_kernels=model.n_kernels,
-        units=model.units,
-        precision=model.dtype_policy.name,
-        batch_size=datasets.batch_size,
-        shards=trainer.shards,
-        steps=steps,
-        rounds=rounds,
-    )
-    return graph_seconds / xla_seconds if graph_seconds else None
-
-
 def resolve_precision(precision: str, device_name: str, log: Callable[[str], None]) -> str:
     """The policy to train in on `device_name`: `auto` becomes the device's pick, said with
     its reason."""
@@ -239,7 +220,7 @@ def train_and_evaluate(
     # Under a strategy the replicas take the place of shards.
     shards = 1 if config.strategy != "none" else config.shards
     shards = shards or runtime.auto_shards(config.batch_size, on_gpu)
-    threads = runtime.thread_counts(shards, config.xla, on_gpu)
+    threads = runtime.thread_counts(shards, on_gpu)
     if not runtime.set_threads(threads):  # only possible before TensorFlow's first op
         log(f"note: TensorFlow already started; keeping its threads instead of {threads}")
     strategy = runtime.make_strategy(config.strategy, device)
@@ -338,8 +319,8 @@ def _train_and_evaluate(
     log(f"compiled in {compile_seconds:.2f} s")
     xla_ratio = None
     if config.xla and device == "/CPU:0" and not strategy:
-        xla_ratio = xla_speed_ratio(trainer, datasets)
-        if xla_ratio is not None and xla_ratio < 0.95:
+        xla_ratio = xla_probe.xla_speed_ratio(trainer, datasets.train)
+        if xla_ratio < 0.95:
             log(
                 f"note: on this CPU the XLA steps ran at {xla_ratio:.2f}x the speed of graph "
                 "mode (measured just now, best of 3 x 50 steps); leave out --xla to train faster"

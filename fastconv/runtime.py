@@ -99,15 +99,14 @@ def conv_form(xla: bool, on_gpu: bool | None = None) -> str:
     return "nn" if (has_gpu() if on_gpu is None else on_gpu) else "batch_channels"
 
 
-def thread_counts(shards: int, xla: bool, on_gpu: bool | None = None) -> tuple[int, int] | None:
+def thread_counts(shards: int, on_gpu: bool | None = None) -> tuple[int, int] | None:
     """(intra-op, inter-op) threads for a CPU run, or None to keep TensorFlow's defaults.
 
-    With shards in graph mode, each op gets cores // shards threads and `shards` ops run
-    at once, so the shards proceed side by side. XLA's compiled steps parallelize inside
-    their own kernels and want the intra-op threads, so they keep the defaults. `on_gpu` as
-    for `auto_shards`.
+    With shards, each op gets cores // shards threads and `shards` ops run at once, so the
+    shards proceed side by side; under XLA each shard's compiled cluster is one such op (on
+    the 2-core host 1.1x XLA's own threading of one cluster). `on_gpu` as for `auto_shards`.
     """
-    if shards == 1 or xla or (has_gpu() if on_gpu is None else on_gpu):
+    if shards == 1 or (has_gpu() if on_gpu is None else on_gpu):
         return None
     return max(1, cpu_cores() // shards), shards
 

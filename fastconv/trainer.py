@@ -42,9 +42,10 @@ class Trainer:
     Args:
       model: the network; its weights are updated in place.
       learning_rate: the SGD step size.
-      xla: compile the per-batch steps with XLA (`jit_compile=True`). XLA goes on the steps
-        only, as Keras does: the loop around them drives a tf.data iterator, which XLA
-        cannot compile.
+      xla: compile each shard's forward and backward pass, and the evaluation and prediction
+        steps, with XLA (`jit_compile=True`). The loop around them drives a tf.data
+        iterator, which XLA cannot compile; the shards' gradients are summed and applied in
+        graph mode, so the shards' compiled clusters run side by side as graph mode's do.
       conv_form: which of `fastconv.model.CONV_FORMS` the forpass computes the conv layer
         with; by default the fastest for XLA or the device (`fastconv.runtime.conv_form`).
       shards: split each batch into this many equal shards, each with its own forward and
@@ -96,7 +97,8 @@ class Trainer:
         # Set (before the first call) when the iterator yields index rows and the images are
         # resident on the device: the batch is then gathered inside the loop, on the device.
         self.make_batch = None
-        self.train_step = tf.function(self._train_step, jit_compile=xla)
+        self.shard_gradients = tf.function(self._shard_gradients, jit_compile=xla)
+        self.train_step = tf.function(self._train_step)
         self.eval_step = tf.function(self._eval_step, jit_compile=xla)
         # Prediction takes arrays of any length: one trace with a free batch dimension.
         self.predict_step = tf.function(
@@ -141,25 +143,26 @@ class Trainer:
         The loss is the one computed for the update (before it), not the book's second
         forward pass after it: the same information for half the forward work.
         """
-        weights = self.model.weights
         shards = self._split(images, targets)
         # Each shard's loss is divided by the number of shards and of replicas, so that the
         # sum of all their gradients is the gradient of the global batch's mean loss.
         parts = len(shards) * self.replicas
-        losses, gradients, correct = [], [], []
-        for shard_images, shard_targets in shards:
-            with tf.GradientTape() as tape:
-                logits = self._forpass(shard_images)
-                loss = cross_entropy(shard_targets, logits)
-                scaled_loss = loss / parts if parts > 1 else loss
-                if self.loss_scaling:
-                    scaled_loss = self.optimizer.scale_loss(scaled_loss)
-            losses.append(loss)
-            gradients.append(tape.gradient(scaled_loss, weights))
-            correct.append(_count_correct(shard_targets, logits))
-        self.optimizer.apply_gradients(zip([tf.add_n(g) for g in zip(*gradients)], weights))
+        losses, gradients, correct = zip(*(self.shard_gradients(*shard, parts) for shard in shards))
+        summed = [tf.add_n(shard_gradients) for shard_gradients in zip(*gradients)]
+        self.optimizer.apply_gradients(zip(summed, self.model.weights))
         # Equal shards: the mean of their means is the batch mean.
         return tf.add_n(losses) / len(losses), tf.add_n(correct)
+
+    def _shard_gradients(self, images, targets, parts: int):
+        """A shard's mean loss, the gradients of that loss divided by `parts`, and its number
+        of correct predictions (under loss scaling, the gradients are of the scaled loss)."""
+        with tf.GradientTape() as tape:
+            logits = self._forpass(images)
+            loss = cross_entropy(targets, logits)
+            scaled_loss = loss / parts if parts > 1 else loss
+            if self.loss_scaling:
+                scaled_loss = self.optimizer.scale_loss(scaled_loss)
+        return loss, tape.gradient(scaled_loss, self.model.weights), _count_correct(targets, logits)
 
     def _eval_step(self, images, targets):
         """Sum of losses and number of correct predictions on a batch."""
@@ -244,7 +247,14 @@ class Trainer:
 
     def trace_count(self) -> int:
         """How many times the compiled functions were traced (a retrace adds one)."""
-        functions = (self.train, self.evaluate, self.train_step, self.eval_step, self.predict_step)
+        functions = (
+            self.train,
+            self.evaluate,
+            self.train_step,
+            self.shard_gradients,
+            self.eval_step,
+            self.predict_step,
+        )
         return sum(f.experimental_get_tracing_count() for f in functions)
 
 

@@ -35,13 +35,12 @@ def test_the_conv_form_suits_the_engine(cpu_with):
     assert runtime.conv_form(xla=True) == "patches"
 
 
-def test_shards_get_the_cores_between_them_in_graph_mode(cpu_with):
+def test_shards_get_the_cores_between_them(cpu_with):
     cpu_with(2)
-    assert runtime.thread_counts(shards=2, xla=False) == (1, 2)
+    assert runtime.thread_counts(shards=2) == (1, 2)
     cpu_with(16)
-    assert runtime.thread_counts(shards=2, xla=False) == (8, 2)
-    assert runtime.thread_counts(shards=1, xla=False) is None
-    assert runtime.thread_counts(shards=2, xla=True) is None  # XLA's kernels want the threads
+    assert runtime.thread_counts(shards=2) == (8, 2)
+    assert runtime.thread_counts(shards=1) is None
     cpu_with(16, gpu=True)
-    assert runtime.thread_counts(shards=2, xla=False) is None
-    assert runtime.thread_counts(shards=2, xla=False, on_gpu=False) == (8, 2)
+    assert runtime.thread_counts(shards=2) is None
+    assert runtime.thread_counts(shards=2, on_gpu=False) == (8, 2)

@@ -11,8 +11,9 @@ from helpers import synthetic_dataset, synthetic_images
 from fastconv import data, pipeline
 from fastconv.config import TrainConfig
 from fastconv.model import ConvNet, cross_entropy
-from fastconv.run import TrainingDiverged, make_datasets, train_and_evaluate, xla_speed_ratio
+from fastconv.run import TrainingDiverged, make_datasets, train_and_evaluate
 from fastconv.trainer import Trainer
+from fastconv.xla_probe import xla_speed_ratio
 
 
 def batch(count=64, seed=0):
@@ -178,7 +179,8 @@ def test_xla_speed_probe_leaves_the_trainer_as_it_was():
     datasets = make_datasets(dataset, config)
     trainer = Trainer(ConvNet(seed=2), 0.01, xla=True, shards=2)
     before = [v.numpy() for v in trainer.variables]
-    ratio = xla_speed_ratio(trainer, datasets, steps=3, rounds=2)
+    trainer.make_batch = datasets.make_batch
+    ratio = xla_speed_ratio(trainer, datasets.train, steps=3, rounds=2)
     assert 0 < ratio < 100
     for variable, value in zip(trainer.variables, before):
         np.testing.assert_array_equal(variable.numpy(), value)
