@@ -25,15 +25,13 @@ def rows_from_json(path: str) -> tuple[list[dict], dict]:
 def format_table(rows: list[dict], machine: dict) -> str:
     training = [r for r in rows if "images_per_second" in r]
     ceilings = {r["dtype"]: r["gflops"] for r in rows if "gflops" in r}
-    keras = [r["images_per_second"] for r in training if r["kind"] == "keras"]
-    book = [r["images_per_second"] for r in training if r["kind"] == "book"]
-    keras_best, book_speed = max(keras, default=None), max(book, default=None)
+    keras_best, book_speed = _best_of(training, "keras"), _best_of(training, "book")
     tensorflow = next((r["tensorflow"] for r in rows if "tensorflow" in r), "?")
     lines = [
         f"machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores | "
         f"TensorFlow {tensorflow} | batch 128 unless noted | medians of each peer's rounds",
         f"{'trainer':52} {'images/s':>9} {'x Keras':>8} {'x book':>7} {'GFLOP/s':>8} "
-        f"{'% matmul':>8}  threads",
+        f"{'% matmul':>8} {'best round':>10}  threads",
     ]
     for row in sorted(training, key=lambda r: r["images_per_second"]):
         speed = row["images_per_second"]
@@ -42,11 +40,22 @@ def format_table(rows: list[dict], machine: dict) -> str:
         lines.append(
             f"{row['label']:52} {speed:9,.0f} {_ratio(speed, keras_best):>8} "
             f"{_ratio(speed, book_speed):>7} {gflops:8.1f} "
-            f"{f'{100 * gflops / ceiling:.0f}%' if ceiling else '-':>8}  {row.get('threads', '')}"
+            f"{f'{100 * gflops / ceiling:.0f}%' if ceiling else '-':>8} "
+            f"{row.get('best_images_per_second', float('nan')):10,.0f}  {row.get('threads', '')}"
         )
     for dtype, gflops in sorted(ceilings.items()):
         lines.append(f"ceiling: 2048x2048 matmul in {dtype}: {gflops:,.0f} GFLOP/s")
-    return "\n".join(lines + _headline(training, keras_best, book_speed))
+    lines += _headline(training, keras_best, book_speed)
+    if all("best_images_per_second" in r for r in training):  # older files lack it
+        best = [{**r, "images_per_second": r["best_images_per_second"]} for r in training]
+        keras_top, book_top = _best_of(best, "keras"), _best_of(best, "book")
+        lines += ["at each peer's best round:", *_headline(best, keras_top, book_top)[:2]]
+    return "\n".join(lines)
+
+
+def _best_of(training: list[dict], kind: str) -> float | None:
+    """The fastest images/s among the peers of `kind` ("keras", "book")."""
+    return max((r["images_per_second"] for r in training if r["kind"] == kind), default=None)
 
 
 def _headline(training: list[dict], keras_best: float | None, book_speed: float | None):

@@ -2,8 +2,8 @@
 
 Each peer runs in its own process with its own best thread settings, is warmed up (traced,
 compiled) by one untimed round, then timed over several rounds; images/s is the work of a
-round over the median round time. Compare ratios, not absolute numbers: these machines are
-shared and noisy.
+round over the median round time (and, beside it, over the best round time). Compare ratios,
+not absolute numbers: these machines are shared and noisy.
 """
 
 import pytest
@@ -21,6 +21,9 @@ def test_training_throughput(benchmark, peer_worker, record, peer):
     worker = peer_worker(peer.name)
     row = timed_row(benchmark, worker, peer)
     row["images_per_second"] = worker.work_per_round / benchmark.stats.stats.median
+    # Some peers swing between a fast and a slow mode from round to round (Keras fit: 0.8 or
+    # 1.3 s an epoch); their best round is reported beside the median.
+    row["best_images_per_second"] = worker.work_per_round / benchmark.stats.stats.min
     benchmark.extra_info.update(row)
     record(row)
 

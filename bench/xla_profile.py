@@ -1,7 +1,8 @@
 """Where XLA loses on this CPU: each piece of the training step, forward + backward, timed in
-graph mode (oneDNN) and under XLA, at batch 128.
+graph mode (oneDNN) and under XLA, at batch 128 on TensorFlow's default threads.
 
     python bench/xla_profile.py
+    python bench/xla_profile.py --shard    # 64 images on one thread: what each core runs
 
 Every piece returns its gradients and the timing loop sums them, so nothing can be pruned as
 unused. Best of 5 blocks of 100 steps, in ms per step.
@@ -10,6 +11,7 @@ unused. Best of 5 blocks of 100 steps, in ms per step.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -81,6 +83,11 @@ def milliseconds_per_step(piece, jit_compile: bool, steps: int = 100, blocks: in
 
 
 def main():
+    global BATCH
+    if "--shard" in sys.argv[1:]:  # one shard of a 2-shard step, as a run on 2 cores has it
+        BATCH = 64
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     print(f"TensorFlow {tf.__version__}, batch {BATCH}, ms per step (forward + backward)")
     print(f"{'piece':50} {'graph':>7} {'XLA':>7} {'XLA/graph':>9}")
     for name, piece in pieces().items():
