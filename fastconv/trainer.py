@@ -49,7 +49,8 @@ class Trainer:
       conv_form: which of `fastconv.model.CONV_FORMS` the forpass computes the conv layer
         with; by default the fastest for XLA or the device (`fastconv.runtime.conv_form`).
       shards: split each batch into this many equal shards, each with its own forward and
-        backward pass, and average their gradients. The result is the batch's mean gradient
+        backward pass of its loss divided by `shards`, and sum their gradients: the batch's
+        mean gradient
         (up to float32 rounding); the shards are independent, so the executor runs them on
         different cores at once, where one batch's chain of small ops would leave cores idle.
 
