@@ -50,9 +50,9 @@ class Trainer:
         with; by default the fastest for XLA or the device (`fastconv.runtime.conv_form`).
       shards: split each batch into this many equal shards, each with its own forward and
         backward pass of its loss divided by `shards`, and sum their gradients: the batch's
-        mean gradient
-        (up to float32 rounding); the shards are independent, so the executor runs them on
-        different cores at once, where one batch's chain of small ops would leave cores idle.
+        mean gradient (up to float32 rounding). The shards are independent, so the executor
+        runs them on different cores at once, where one batch's chain of small ops would
+        leave cores idle.
 
     Under the model's `mixed_float16` policy the optimizer is Keras's `LossScaleOptimizer`:
     the loss is scaled before differentiation, the gradients unscaled before the update, and
