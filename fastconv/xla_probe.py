@@ -13,6 +13,7 @@ import time
 
 import tensorflow as tf
 
+from fastconv import runtime
 from fastconv.model import ConvNet
 from fastconv.trainer import Trainer
 
@@ -28,6 +29,7 @@ def xla_speed_ratio(trainer: Trainer, train: tf.data.Dataset, steps: int = 50, r
         trainer.learning_rate,
         xla=False,
         shards=trainer.shards,
+        conv_form=runtime.conv_form(xla=False, on_gpu=False),  # the probe runs on a CPU only
     )
     twin.make_batch = trainer.make_batch
     return block_seconds(twin, iter(train), steps, rounds) / xla_seconds
