@@ -151,7 +151,7 @@ def make_datasets(
         order = pipeline.training_order(
             len(train_images), config.batch_size, config.seed, start_step
         )
-        train = order.prefetch(tf.data.AUTOTUNE)
+        train = order.prefetch(2).with_options(pipeline.NO_AUTOTUNE)
         make_batch = pipeline.batch_maker(train_images, train_labels, standardize)
     elif strategy:
         train = strategy.distribute_datasets_from_function(worker_training)
