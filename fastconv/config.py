@@ -50,7 +50,8 @@ class TrainConfig:
       precision: "float32" (the book's numerics), a Keras mixed-precision policy
         ("mixed_bfloat16", "mixed_float16": float32 variables, lower-precision compute), or
         "auto", which picks by device (`fastconv.runtime.choose_precision`).
-      eval_batch_size: images per evaluation step (evaluation only reads, so it can be large).
+      eval_batch_size: images per evaluation step (on the 2-core host 256 evaluated ~1.4x
+        faster than 1000: a smaller batch's conv output stays in cache).
       logdir: the run folder (`fastconv.rundir`): configuration, checkpoints, metrics,
         TensorBoard logs. None keeps nothing on disk.
       deterministic: TensorFlow's op determinism on top of the seeds: a rerun gives
@@ -78,7 +79,7 @@ class TrainConfig:
     steps_per_call: int | None = None
     shards: int | None = None
     precision: str = "float32"
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256
     logdir: str | None = None
     deterministic: bool = False
     export_dir: str | None = None

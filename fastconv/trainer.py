@@ -166,14 +166,25 @@ class Trainer:
         return loss, tape.gradient(scaled_loss, self.model.weights), _count_correct(targets, logits)
 
     def _eval_step(self, images, targets):
-        """Sum of losses and number of correct predictions on a batch."""
-        loss_sum, correct = [], []
-        for shard_images, shard_targets in self._split(images, targets):
-            logits = self._forpass(shard_images)
-            losses = tf.nn.softmax_cross_entropy_with_logits(labels=shard_targets, logits=logits)
-            loss_sum.append(tf.reduce_sum(losses))
-            correct.append(_count_correct(shard_targets, logits))
-        return tf.add_n(loss_sum), tf.add_n(correct)
+        """Sum of losses and number of correct predictions on a batch of any size."""
+        logits = self._sharded_forpass(images)
+        losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        return tf.reduce_sum(losses), _count_correct(targets, logits)
+
+    def _sharded_forpass(self, images):
+        """The logits of a batch whose size may be unknown when traced, computed in shards.
+
+        Evaluation batches keep a short last batch, so their size is dynamic; the batch is
+        padded with blank images to a multiple of the shards (never an empty shard) and the
+        padding's logits dropped, so evaluation too runs on every core.
+        """
+        if self.shards == 1:
+            return self._forpass(images)
+        count = tf.shape(images)[0]
+        padding = -count % self.shards
+        padded = tf.pad(images, [[0, padding], [0, 0], [0, 0], [0, 0]])
+        logits = [self._forpass(shard) for shard in tf.split(padded, self.shards)]
+        return tf.concat(logits, axis=0)[:count]
 
     def _predict_step(self, images):
         """The predicted class of each image."""

@@ -54,13 +54,24 @@ def test_sharded_step_equals_the_whole_batch_step(xla):
     # A batch that does not split evenly trains whole, with its gradient unscaled.
     odd_whole, odd_sharded = (Trainer(ConvNet(seed=8), 0.1, xla=xla, shards=n) for n in (1, 2))
     assert_steps_agree(odd_whole, odd_sharded, images[:33], targets[:33])
-    # Evaluation sums over shards, and a short batch that does not split runs whole.
-    for count in (128, 33):
+    # Evaluation batches have a dynamic size (a short last batch): each is padded to a
+    # multiple of the shards and the padding's logits dropped, down to a single image.
+    any_size = [tf.TensorSpec([None, 28, 28, 1]), tf.TensorSpec([None, 10])]
+    sharded_eval = tf.function(sharded._eval_step, input_signature=any_size)
+    whole_eval = tf.function(whole._eval_step, input_signature=any_size)
+    for count in (128, 33, 1):
         np.testing.assert_allclose(
-            [v.numpy() for v in sharded.eval_step(images[:count], targets[:count])],
-            [v.numpy() for v in whole.eval_step(images[:count], targets[:count])],
+            [v.numpy() for v in sharded_eval(images[:count], targets[:count])],
+            [v.numpy() for v in whole_eval(images[:count], targets[:count])],
             rtol=1e-5,
         )
+    assert sharded_eval.experimental_get_tracing_count() == 1
+
+    def matmuls(function):
+        graph = function.get_concrete_function(*any_size).graph
+        return sum(op.type == "MatMul" for op in graph.get_operations())
+
+    assert matmuls(sharded_eval) == 2 * matmuls(whole_eval)  # a forpass per shard
 
 
 def test_train_step_is_plain_sgd_on_the_book_loss():
