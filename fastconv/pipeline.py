@@ -96,13 +96,8 @@ def training_batches(
       standardize: applied to each gathered batch.
       start_step, replica_chunks: as for `training_order`.
     """
-    make_batch = batch_maker(images, labels, standardize)
-    return (
-        training_order(len(images), batch_size, seed, start_step, replica_chunks)
-        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(NO_AUTOTUNE)
-    )
+    rows = training_order(len(images), batch_size, seed, start_step, replica_chunks)
+    return gathered(rows, batch_maker(images, labels, standardize))
 
 
 def training_order(
@@ -150,11 +145,15 @@ def evaluation_batches(
     images: np.ndarray, labels: np.ndarray, batch_size: int, standardize: Standardization
 ) -> tf.data.Dataset:
     """Every image once, in order, in batches of `batch_size` (the last one may be smaller)."""
-    make_batch = batch_maker(images, labels, standardize)
+    rows = tf.data.Dataset.range(len(images), output_type=tf.int32).batch(batch_size)
+    return gathered(rows, batch_maker(images, labels, standardize))
+
+
+def gathered(index_rows: tf.data.Dataset, make_batch) -> tf.data.Dataset:
+    """The batches of `index_rows`, each row's made by `make_batch` (see `batch_maker`),
+    in parallel and ahead of use, with tf.data's autotuning off (see `NO_AUTOTUNE`)."""
     return (
-        tf.data.Dataset.range(len(images), output_type=tf.int32)
-        .batch(batch_size)
-        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        index_rows.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
         .with_options(NO_AUTOTUNE)
     )
