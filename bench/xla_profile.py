@@ -34,10 +34,13 @@ def pieces():
     w2, b2 = tf.Variable(rng.normal([100, 10]) * 0.1), tf.Variable(tf.zeros([10]))
     upstream = rng.normal([BATCH, 1960])
 
-    def conv_piece(conv_relu_pool):
+    def conv_piece(form):
+        read_out = tf.transpose(upstream) if form.images_in_columns else upstream
+
         def piece():
             with tf.GradientTape() as tape:
-                objective = tf.reduce_sum(conv_relu_pool(images, conv_w, conv_b) * upstream)
+                features = form.conv_relu_pool(images, conv_w, conv_b)
+                objective = tf.reduce_sum(features * read_out)
             return tape.gradient(objective, [conv_w, conv_b])
 
         return piece

@@ -98,12 +98,14 @@ def test_conv_relu_pool_forms_equal_the_books_order_in_values_and_gradients(jit_
     conv_b = tf.Variable(rng.normal(0, 0.5, 10), dtype=tf.float32)
     upstream = tf.constant(rng.normal(size=(8, 1960)), tf.float32)
 
-    def values_and_gradients(conv_relu_pool):
+    def values_and_gradients(conv_relu_pool, images_in_columns=False):
         @tf.function(jit_compile=jit_compile)
         def run():
             with tf.GradientTape() as tape:
                 tape.watch(images)
                 flat = conv_relu_pool(images, conv_w, conv_b)
+                if images_in_columns:
+                    flat = tf.transpose(flat)
                 # A random linear read-out, so every output gets its own gradient.
                 objective = tf.reduce_sum(flat * upstream)
             return [flat, *tape.gradient(objective, [conv_w, conv_b, images])]
@@ -111,10 +113,10 @@ def test_conv_relu_pool_forms_equal_the_books_order_in_values_and_gradients(jit_
         return [t.numpy() for t in run()]
 
     expected = values_and_gradients(book_conv_relu_pool)
-    for conv_relu_pool in CONV_FORMS.values():
-        actual = values_and_gradients(conv_relu_pool)
+    for form in CONV_FORMS.values():
+        actual = values_and_gradients(*form)
         for name, a, e in zip(("values", "d conv_w", "d conv_b", "d images"), actual, expected):
-            assert relative_error(a, e) < 1e-5, (conv_relu_pool.__name__, name)
+            assert relative_error(a, e) < 1e-5, (form.conv_relu_pool.__name__, name)
 
 
 def book_conv_relu_pool(images, conv_w, conv_b):
