@@ -114,12 +114,10 @@ def conv_relu_pool_batch_channels(images, conv_w, conv_b):
     conv's gradient does. Measured on the 2-core host, the whole training step in float32:
     1.13x the image-major layout, itself ~1.15x the tf.nn ops.
 
-    It computes in float32 whatever the policy: oneDNN's float32 depthwise kernels are its
-    fast ones (in bfloat16 the whole step ran ~30% slower), and this layer is bound by memory,
-    not arithmetic. The result comes back in the input's dtype for the dense layers.
+    In bfloat16 too, oneDNN's depthwise kernel for one kernel per channel is fast (the whole
+    step 1.09x float32's conv; with the kernels tiled it was ~30% slower): this layer is bound
+    by memory, and bfloat16 halves it.
     """
-    dtype = images.dtype
-    images, conv_w, conv_b = (tf.cast(t, tf.float32) for t in (images, conv_w, conv_b))
     n_kernels = conv_w.shape[-1]
     batch = tf.shape(images)[0]
     pixels_by_image = tf.transpose(tf.reshape(images, [batch, IMAGE_SIZE * IMAGE_SIZE]))
@@ -134,7 +132,7 @@ def conv_relu_pool_batch_channels(images, conv_w, conv_b):
     pooled = tf.nn.max_pool2d(conv, ksize=2, strides=2, padding="VALID")  # (1, 14, 14, K*B)
     biases = tf.reshape(tf.broadcast_to(conv_b[:, None], [n_kernels, batch]), [-1])
     activated = tf.nn.relu(tf.nn.bias_add(pooled, biases))
-    return tf.cast(tf.reshape(activated, [POOLED_SIZE * POOLED_SIZE * n_kernels, batch]), dtype)
+    return tf.reshape(activated, [POOLED_SIZE * POOLED_SIZE * n_kernels, batch])
 
 
 def conv_relu_pool_patches(images, conv_w, conv_b):

@@ -11,6 +11,7 @@ from fastconv.runtime import DeviceDescription, choose_precision
 from fastconv.trainer import Trainer
 
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
+CONV_OP_TYPES = {"nn": "Conv2D", "batch_channels": "DepthwiseConv2dNative", "patches": "MatMul"}
 
 
 @pytest.mark.parametrize("policy", COMPUTE_DTYPES)
@@ -21,12 +22,11 @@ def test_policy_dtypes(policy, conv_form):
     assert all(w.dtype == tf.float32 for w in model.weights)
     graph = tf.function(lambda x: model.forpass(x, conv_form)).get_concrete_function(images).graph
     ops = graph.get_operations()
-    matmuls = [op for op in ops if op.type in ("MatMul", "Conv2D")]
-    assert matmuls and all(op.get_attr("T") == COMPUTE_DTYPES[policy] for op in matmuls)
-    # The depthwise form is float32 by design (see conv_relu_pool_batch_channels).
-    depthwise = [op for op in ops if op.type == "DepthwiseConv2dNative"]
-    assert len(depthwise) == (conv_form == "batch_channels")
-    assert all(op.get_attr("T") == tf.float32 for op in depthwise)
+    convs_and_matmuls = [
+        op for op in ops if op.type in ("MatMul", "Conv2D", "DepthwiseConv2dNative")
+    ]
+    assert {op.type for op in convs_and_matmuls} == {"MatMul", CONV_OP_TYPES[conv_form]}
+    assert all(op.get_attr("T") == COMPUTE_DTYPES[policy] for op in convs_and_matmuls)
     logits = model.forpass(images, conv_form)
     assert logits.dtype == tf.float32
     assert cross_entropy(targets, logits).dtype == tf.float32
