@@ -116,9 +116,10 @@ def conv_relu_pool_batch_channels(images, conv_w, conv_b):
     conv's gradient does. Measured on the 2-core host, the whole training step in float32:
     1.13x the image-major layout, itself ~1.15x the tf.nn ops.
 
-    In bfloat16 too, oneDNN's depthwise kernel for one kernel per channel is fast (the whole
-    step 1.09x float32's conv; with the kernels tiled it was ~30% slower): this layer is bound
-    by memory, and bfloat16 halves it.
+    Under mixed_bfloat16 it computes in bfloat16 like the rest: with one kernel per channel,
+    oneDNN's bfloat16 depthwise kernel is fast (the whole step 1.09x that with this layer in
+    float32; with the kernels tiled over the images it had been ~30% slower), and this layer
+    is bound by memory, which bfloat16 halves.
     """
     n_kernels = conv_w.shape[-1]
     batch = tf.shape(images)[0]
