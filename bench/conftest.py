@@ -13,17 +13,22 @@ from worker import Worker
 _rows: list[dict] = []
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def peer_worker():
-    """Starts a peer in a fresh process (one at a time, so peers never share the cores)."""
-    workers = []
+    """A peer's process: started at its first benchmark, kept for its later passes.
 
-    def start(peer_name: str) -> Worker:
-        workers.append(Worker(peer_name))
-        return workers[-1]
+    Only one runs a round at a time (the others wait on their pipe), so peers never share
+    the cores; each holds its data and compiled step, ~1 GB.
+    """
+    workers: dict[str, Worker] = {}
 
-    yield start
-    for worker in workers:
+    def worker_for(peer_name: str) -> Worker:
+        if peer_name not in workers:
+            workers[peer_name] = Worker(peer_name)
+        return workers[peer_name]
+
+    yield worker_for
+    for worker in workers.values():
         worker.close()
 
 

@@ -2,6 +2,7 @@
 
 A peer is set up once (data, weights, compilation), then runs rounds: a fixed number of
 steady-state training images, ending with a host read so asynchronous work is counted.
+The run goes through every peer PASSES times, `rounds` rounds each time (see conftest.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 BATCH_SIZE = 128  # the book's
+# This host has slow phases (everything ~0.6x for seconds to a minute). Going through the
+# peers three times, a few rounds each, spreads every peer's rounds over the whole run, so a
+# slow phase costs each peer a round or two, not one peer all of its rounds.
+PASSES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +24,7 @@ class Peer:
     kind: str  # "book", "keras", "fastconv", "matmul"
     label: str
     options: dict = dataclasses.field(default_factory=dict)
-    rounds: int = 5
+    rounds: int = 3  # timed rounds per pass, after one warm-up round
 
     @property
     def is_training(self) -> bool:
@@ -27,7 +32,7 @@ class Peer:
 
 
 PEERS = [
-    Peer("book_eager", "book", "the book's eager ConvolutionNetwork", {"batches": 100}, rounds=3),
+    Peer("book_eager", "book", "the book's eager ConvolutionNetwork", {"batches": 100}, rounds=1),
     # Keras fit swings between ~0.8 and ~1.3 s an epoch from round to round: more rounds, so
     # its median settles.
     Peer(
@@ -35,28 +40,28 @@ PEERS = [
         "keras",
         "Keras fit",
         {"steps_per_execution": 1, "jit_compile": False},
-        rounds=9,
+        rounds=3,
     ),
     Peer(
         "keras_fit_spe50",
         "keras",
         "Keras fit, steps_per_execution=50",
         {"steps_per_execution": 50, "jit_compile": False},
-        rounds=9,
+        rounds=3,
     ),
     Peer(
         "keras_fit_spe50_xla",
         "keras",
         "Keras fit, steps_per_execution=50, jit_compile",
         {"steps_per_execution": 50, "jit_compile": True},
-        rounds=2,
+        rounds=1,
     ),
     Peer(
         "keras_fit_spe50_bf16",
         "keras",
         "Keras fit, steps_per_execution=50, mixed_bfloat16",
         {"steps_per_execution": 50, "jit_compile": False, "precision": "mixed_bfloat16"},
-        rounds=9,
+        rounds=3,
     ),
     Peer(
         "xla_naive",

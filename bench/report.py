@@ -8,6 +8,7 @@ share of the measured matmul ceiling.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 
 from fastconv.model import training_flops_per_image
@@ -22,14 +23,35 @@ def rows_from_json(path: str) -> tuple[list[dict], dict]:
     return rows, {"cpu": cpu.get("brand_raw", "?"), "cores": cpu.get("count", "?")}
 
 
+def combined(rows: list[dict]) -> list[dict]:
+    """One row per peer, its passes' round times pooled: images/s over the median round and
+    over the best one, or for the matmul ceiling GFLOP/s over the best."""
+    by_peer: dict[str, dict] = {}
+    for row in rows:
+        merged = by_peer.setdefault(row["peer"], {**row, "round_seconds": [], "passes": 0})
+        merged["round_seconds"] += row["round_seconds"]
+        merged["passes"] += 1
+    for row in by_peer.values():
+        work, seconds = row["work_per_round"], row["round_seconds"]
+        if row["kind"] == "matmul":
+            row["gflops"] = work / min(seconds) / 1e9
+        else:
+            row["images_per_second"] = work / statistics.median(seconds)
+            row["best_images_per_second"] = work / min(seconds)
+    return list(by_peer.values())
+
+
 def format_table(rows: list[dict], machine: dict) -> str:
+    rows = combined(rows)
+    passes = max((r["passes"] for r in rows), default=0)
     training = [r for r in rows if "images_per_second" in r]
     ceilings = {r["dtype"]: r["gflops"] for r in rows if "gflops" in r}
     keras_best, book_speed = _best_of(training, "keras"), _best_of(training, "book")
     tensorflow = next((r["tensorflow"] for r in rows if "tensorflow" in r), "?")
     lines = [
         f"machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores | "
-        f"TensorFlow {tensorflow} | batch 128 unless noted | medians of each peer's rounds",
+        f"TensorFlow {tensorflow} | batch 128 unless noted | "
+        f"medians of each peer's rounds, {passes} passes through the peers",
         f"{'trainer':52} {'images/s':>9} {'x Keras':>8} {'x book':>7} {'GFLOP/s':>8} "
         f"{'% matmul':>8} {'best round':>10}  threads",
     ]
@@ -41,15 +63,14 @@ def format_table(rows: list[dict], machine: dict) -> str:
             f"{row['label']:52} {speed:9,.0f} {_ratio(speed, keras_best):>8} "
             f"{_ratio(speed, book_speed):>7} {gflops:8.1f} "
             f"{f'{100 * gflops / ceiling:.0f}%' if ceiling else '-':>8} "
-            f"{row.get('best_images_per_second', float('nan')):10,.0f}  {row.get('threads', '')}"
+            f"{row['best_images_per_second']:10,.0f}  {row.get('threads', '')}"
         )
     for dtype, gflops in sorted(ceilings.items()):
         lines.append(f"ceiling: 2048x2048 matmul in {dtype}: {gflops:,.0f} GFLOP/s")
     lines += _headline(training, keras_best, book_speed)
-    if all("best_images_per_second" in r for r in training):  # older files lack it
-        best = [{**r, "images_per_second": r["best_images_per_second"]} for r in training]
-        keras_top, book_top = _best_of(best, "keras"), _best_of(best, "book")
-        lines += ["at each peer's best round:", *_headline(best, keras_top, book_top)[:2]]
+    best = [{**r, "images_per_second": r["best_images_per_second"]} for r in training]
+    keras_top, book_top = _best_of(best, "keras"), _best_of(best, "book")
+    lines += ["at each peer's best round:", *_headline(best, keras_top, book_top)[:2]]
     return "\n".join(lines)
 
 

@@ -1,0 +1,53 @@
+"""bench/report.py: the throughput table pools each peer's passes before it takes ratios."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from report import combined, format_table
+
+
+def row(peer, kind, seconds, work=1000, **details):
+    return {
+        "peer": peer,
+        "label": peer,
+        "kind": kind,
+        "work_per_round": work,
+        "round_seconds": seconds,
+        **details,
+    }
+
+
+def test_passes_pool_into_one_row_per_peer():
+    rows = combined(
+        [
+            row("fastconv", "fastconv", [1.0, 3.0], pass_number=1),
+            row("keras_fit", "keras", [2.0]),
+            row("fastconv", "fastconv", [2.0, 9.0], pass_number=2),  # a slow phase's round
+            row("matmul_float32", "matmul", [0.5, 0.25], work=10**9, dtype="float32"),
+        ]
+    )
+    by_peer = {r["peer"]: r for r in rows}
+    assert len(rows) == 3
+    fastconv = by_peer["fastconv"]
+    assert fastconv["passes"] == 2
+    assert fastconv["round_seconds"] == [1.0, 3.0, 2.0, 9.0]
+    assert fastconv["images_per_second"] == pytest.approx(1000 / 2.5)  # median of 4 rounds
+    assert fastconv["best_images_per_second"] == pytest.approx(1000.0)
+    assert by_peer["matmul_float32"]["gflops"] == pytest.approx(4.0)  # the best round
+
+
+def test_table_gives_ratios_to_keras_best_and_the_book():
+    rows = [
+        row("book_eager", "book", [10.0]),
+        row("keras_fit", "keras", [4.0, 4.0]),
+        row("keras_fit_spe50", "keras", [2.0, 2.0]),
+        row("fastconv", "fastconv", [1.0, 1.0], batch_size=128),
+        row("fastconv", "fastconv", [1.0], batch_size=128),
+    ]
+    table = format_table(rows, {"cpu": "test CPU", "cores": 2})
+    assert "2 passes through the peers" in table.splitlines()[0]
+    assert "fastest fastconv at batch 128 (fastconv): 2.00x Keras fit's best, 10.00x" in table
