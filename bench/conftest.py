@@ -18,7 +18,7 @@ def peer_worker():
     """A peer's process: started at its first benchmark, kept for its later passes.
 
     Only one runs a round at a time (the others wait on their pipe), so peers never share
-    the cores; each holds its data and compiled step, ~1 GB.
+    the cores; each holds its data and compiled step (~7.5 GB for all of them here).
     """
     workers: dict[str, Worker] = {}
 

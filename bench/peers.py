@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 BATCH_SIZE = 128  # the book's
-# This host has slow phases (everything ~0.6x for seconds to a minute). Going through the
-# peers three times, a few rounds each, spreads every peer's rounds over the whole run, so a
-# slow phase costs each peer a round or two, not one peer all of its rounds.
-PASSES = 3
+# This host has slow phases (memory-bound work ~0.6x for seconds to a minute). Going
+# through the peers five times, a round or two each, spreads every peer's rounds over the
+# whole run, so a slow phase costs each peer a round or two, not one peer all of its rounds.
+PASSES = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Peer:
     kind: str  # "book", "keras", "fastconv", "matmul"
     label: str
     options: dict = dataclasses.field(default_factory=dict)
-    rounds: int = 3  # timed rounds per pass, after one warm-up round
+    rounds: int = 2  # timed rounds per pass, after one warm-up round
 
     @property
     def is_training(self) -> bool:
@@ -33,21 +33,19 @@ class Peer:
 
 PEERS = [
     Peer("book_eager", "book", "the book's eager ConvolutionNetwork", {"batches": 100}, rounds=1),
-    # Keras fit swings between ~0.8 and ~1.3 s an epoch from round to round: more rounds, so
-    # its median settles.
+    # Keras fit swings between ~0.8 and ~1.3 s an epoch from round to round: the table gives
+    # each peer's best round beside its median.
     Peer(
         "keras_fit",
         "keras",
         "Keras fit",
         {"steps_per_execution": 1, "jit_compile": False},
-        rounds=3,
     ),
     Peer(
         "keras_fit_spe50",
         "keras",
         "Keras fit, steps_per_execution=50",
         {"steps_per_execution": 50, "jit_compile": False},
-        rounds=3,
     ),
     Peer(
         "keras_fit_spe50_xla",
@@ -61,7 +59,6 @@ PEERS = [
         "keras",
         "Keras fit, steps_per_execution=50, mixed_bfloat16",
         {"steps_per_execution": 50, "jit_compile": False, "precision": "mixed_bfloat16"},
-        rounds=3,
     ),
     Peer(
         "xla_naive",
