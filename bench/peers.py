@@ -26,10 +26,6 @@ class Peer:
     options: dict = dataclasses.field(default_factory=dict)
     rounds: int = 2  # timed rounds per pass, after one warm-up round
 
-    @property
-    def is_training(self) -> bool:
-        return self.kind != "matmul"
-
 
 PEERS = [
     Peer("book_eager", "book", "the book's eager ConvolutionNetwork", {"batches": 100}, rounds=1),
