@@ -73,6 +73,11 @@ def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def _on_gpu(on_gpu: bool | None) -> bool:
+    """Whether a run computes on a GPU: `on_gpu` when given, else whether the machine has one."""
+    return has_gpu() if on_gpu is None else on_gpu
+
+
 def auto_shards(batch_size: int, on_gpu: bool | None = None) -> int:
     """Shards per step when the user names none: 2 on a CPU when the batch splits evenly.
 
@@ -81,7 +86,7 @@ def auto_shards(batch_size: int, on_gpu: bool | None = None) -> int:
     core cannot keep the other busy with). A GPU runs one batch as one. `on_gpu`: whether the
     run computes on a GPU (default: whether the machine has one).
     """
-    if (has_gpu() if on_gpu is None else on_gpu) or cpu_cores() < 2 or batch_size % 2:
+    if _on_gpu(on_gpu) or cpu_cores() < 2 or batch_size % 2:
         return 1
     return 2
 
@@ -96,7 +101,7 @@ def conv_form(xla: bool, on_gpu: bool | None = None) -> str:
     """
     if xla:
         return "patches"
-    return "nn" if (has_gpu() if on_gpu is None else on_gpu) else "batch_channels"
+    return "nn" if _on_gpu(on_gpu) else "batch_channels"
 
 
 def thread_counts(shards: int, on_gpu: bool | None = None) -> tuple[int, int] | None:
@@ -106,7 +111,7 @@ def thread_counts(shards: int, on_gpu: bool | None = None) -> tuple[int, int] | 
     shards proceed side by side; under XLA each shard's compiled cluster is one such op (on
     the 2-core host 1.1x XLA's own threading of one cluster). `on_gpu` as for `auto_shards`.
     """
-    if shards == 1 or (has_gpu() if on_gpu is None else on_gpu):
+    if shards == 1 or _on_gpu(on_gpu):
         return None
     return max(1, cpu_cores() // shards), shards
 
