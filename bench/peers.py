@@ -170,54 +170,53 @@ def _fastconv(
     precision: str = "float32",
     log_every: int | None = None,
 ):
-    from fastconv import runtime
+    import dataclasses
 
-    shards = shards or runtime.auto_shards(batch_size)
-    threads = runtime.thread_counts(shards)
-    runtime.set_threads(threads)  # before TensorFlow's first op, as the CLI does
+    from fastconv import data, runtime
+    from fastconv.config import TrainConfig
+
+    config = TrainConfig(
+        batch_size=batch_size,
+        seed=42,
+        xla=xla,
+        shards=shards,
+        precision=precision,
+        log_every=log_every or 50,
+    )
+    placement = runtime.place(config)
+    if naive:  # XLA on the book's tf.nn ops
+        placement = dataclasses.replace(placement, conv_form="nn")
+    runtime.set_threads(placement.threads)  # before TensorFlow's first op, as the CLI does
 
     import tensorflow as tf
 
-    from fastconv import data
-    from fastconv.config import TrainConfig
-    from fastconv.model import ConvNet
-    from fastconv.run import make_datasets
-    from fastconv.trainer import Trainer
+    from fastconv.pipeline import make_datasets
+    from fastconv.trainer import make_trainer
 
     # The pipeline a run of the CLI gets: the training images resident, batches gathered in
     # the compiled loop.
-    config = TrainConfig(batch_size=batch_size, seed=42)
-    datasets = make_datasets(data.load(download=False), config, resident=True)
-    model = ConvNet(seed=42, dtype_policy=precision)
+    split = data.book_split(data.load(download=False), config)
+    datasets = make_datasets(split, config, resident=True)
     step_summaries = None
     if log_every:  # as a run with a --logdir writes them
         import tempfile
 
         step_summaries = tf.summary.create_file_writer(tempfile.mkdtemp(prefix="fastconv-bench-"))
-    trainer = Trainer(
-        model,
-        0.01,
-        xla=xla,
-        shards=shards,
-        conv_form="nn" if naive else None,  # naive: XLA on the book's tf.nn ops
-        step_summaries=step_summaries,
-        log_every=log_every or 50,
-    )
-    trainer.make_batch = datasets.make_batch
-    iterator = iter(datasets.train)
+    trainer = make_trainer(config, placement, datasets.make_batch, step_summaries)
+    iterator = iter(datasets.train())
     steps = tf.constant(datasets.steps_per_epoch)
     trainer.train(iterator, tf.constant(1))  # compile
 
     def run_round():  # one epoch in one compiled call
-        trainer.train(iterator, steps).loss.numpy()  # host read: waits for the block
+        trainer.train(iterator, steps).fetch()  # host read: waits for the block
 
     details = {
-        "shards": shards,
+        "shards": placement.shards,
         "threads": runtime.describe_threads(),
         "batch_size": batch_size,
         "precision": precision,
     }
-    return run_round, int(steps) * batch_size, details
+    return run_round, datasets.images_per_epoch, details
 
 
 def _matmul(dtype: str, size: int = 2048, chain: int = 10):

@@ -13,9 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from fastconv import pipeline, runtime
+from fastconv.config import TrainConfig
 from fastconv.data import IMAGE_SIZE
-from fastconv.model import ConvNet
-from fastconv.trainer import Trainer
+from fastconv.trainer import make_trainer
 
 # Evaluation only reads: big batches amortize the per-call cost.
 _EVAL_BATCH_SIZE = 1000
@@ -49,10 +49,17 @@ class ConvolutionNetwork:
         """Initializes the weights and an SGD optimizer, then trains for `epochs` epochs."""
         images, labels = _as_images(x), _as_labels(y, "y")
         seed = int(np.random.randint(2**31 - 1))
-        self.model = ConvNet(self.n_kernels, self.units, seed=seed)
-        self.trainer = Trainer(
-            self.model, self.lr, xla=self.xla, shards=runtime.auto_shards(self.batch_size)
+        config = TrainConfig(
+            n_kernels=self.n_kernels,
+            units=self.units,
+            batch_size=self.batch_size,
+            learning_rate=self.lr,
+            seed=seed,
+            xla=self.xla,
         )
+        config.require_batch_fits(len(images))
+        self.trainer = make_trainer(config, runtime.place(config))
+        self.model = self.trainer.model
         batches = iter(
             pipeline.training_batches(images, labels, self.batch_size, seed, pipeline.IDENTITY)
         )

@@ -1,179 +1,253 @@
-"""The run's configuration: one frozen dataclass whose defaults are the book's run."""
+"""The run's configuration: one frozen dataclass whose defaults are the book's run.
+
+Each setting is written once, as a field with its `Flag`: the default, the flag's name,
+help, parser and the check of its value. `fastconv.cli` generates the command line from
+these fields, and `TrainConfig` runs the same checks, so a value is judged the same way
+from the command line and from Python.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 STANDARDIZATIONS = ("scale", "zscore")
-# What a resumed run may change: where it ends, where it reads and writes, how it reports.
-# Everything else takes part in the arithmetic, so it must stay as the run began.
-RESUMABLE_CHANGES = (
-    "epochs",
-    "data_dir",
-    "steps_per_call",
-    "eval_batch_size",
-    "export_dir",
-    "device",
-    "log_every",
-    "profile_steps",
-)
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("none", "mirrored", "multi-worker")
 DEVICE_PATTERN = re.compile(r"auto|cpu|gpu(:\d+)?")
 
 
 class ConfigError(ValueError):
-    """A configuration field holds a value the trainer cannot run with."""
+    """A configuration field holds a value the trainer cannot run with.
+
+    An error about one setting's value (`invalid`) keeps the field, the value and what the
+    value must be, so the command line can say it of the flag.
+    """
+
+    field: str | None = None
+    value: Any = None
+    requirement: str = ""
+
+    @classmethod
+    def invalid(cls, field: str, value, requirement: str) -> ConfigError:
+        error = cls(f"{field}={value!r} {requirement}")
+        error.field, error.value, error.requirement = field, value, requirement
+        return error
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How a setting appears on the command line, and what a valid value is.
+
+    Attributes:
+      help: what the setting does; the parser adds its default.
+      name: the flag, when it is not the field's name in kebab case (`--kernels`).
+      parse: text -> value; by default the field's type. Raises ValueError on bad text.
+      check: whether a parsed value is valid; `requirement` says what it must be.
+      choices: the values allowed, as the parser lists them.
+      default_help: the default as the help states it, when the value itself says little.
+      metavar: the value's name in the help.
+      resumable: a resumed run may change it (it ends, reads, writes or reports, but takes
+        no part in the arithmetic).
+    """
+
+    help: str
+    name: str | None = None
+    parse: Callable[[str], Any] | None = None
+    check: Callable[[Any], bool] | None = None
+    requirement: str = ""
+    choices: tuple | None = None
+    default_help: str | None = None
+    metavar: str | None = None
+    resumable: bool = False
+
+    def validate(self, field: str, value) -> None:
+        """Raises ConfigError naming `field` when `value` fails the check."""
+        if value is not None and self.check is not None and not self.check(value):
+            raise ConfigError.invalid(field, value, self.requirement)
+
+
+def setting(default, help: str, **flag) -> Any:
+    """A TrainConfig field with its default and its `Flag`."""
+    return dataclasses.field(default=default, metadata={"flag": Flag(help, **flag)})
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+POSITIVE = {"check": _positive, "requirement": "must be a positive number"}
+
+
+def _one_of(choices: tuple) -> dict:
+    return {
+        "choices": choices,
+        "check": choices.__contains__,
+        "requirement": "must be one of " + ", ".join(choices),
+    }
+
+
+def parse_step_range(text: str) -> tuple[int, int]:
+    """'START,STOP' -> (START, STOP)."""
+    try:
+        first, last = (int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("is not two steps START,STOP") from None
+    return first, last
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; the defaults reproduce the book's run (chapter 08-4).
 
-    Attributes:
-      epochs: passes over the 48,000 training images.
-      batch_size: images per SGD step; the remainder of each epoch is dropped, as in the book.
-      learning_rate: plain SGD step size.
-      n_kernels: 3x3 convolution kernels.
-      units: hidden units of the dense layer.
-      seed: seeds the weights, the split of the data and the order of the batches.
-      xla: compile the training and evaluation steps with XLA (`jit_compile=True`).
-      standardize: "scale" divides pixels by 255 (the book); "zscore" subtracts the training
-        set's mean and divides by its standard deviation.
-      data_dir: folder holding the four Fashion-MNIST IDX files; None searches the usual places.
-      validation_fraction: share of the 60,000 training images held out, stratified by class.
-      steps_per_call: training steps per compiled call; None runs a whole epoch per call.
-      shards: split each batch into this many shards that run side by side and average
-        their gradients (the same mean gradient); None picks 2 on a CPU, 1 on a GPU.
-      precision: "float32" (the book's numerics), a Keras mixed-precision policy
-        ("mixed_bfloat16", "mixed_float16": float32 variables, lower-precision compute), or
-        "auto", which picks by device (`fastconv.runtime.choose_precision`).
-      eval_batch_size: images per evaluation step (on the 2-core host 256 evaluated ~1.4x
-        faster than 1000: a smaller batch's conv output stays in cache).
-      logdir: the run folder (`fastconv.rundir`): configuration, checkpoints, metrics,
-        TensorBoard logs. None keeps nothing on disk.
-      deterministic: TensorFlow's op determinism on top of the seeds: a rerun gives
-        bit-identical weights.
-      export_dir: where to write the trained model as a SavedModel (`fastconv.export`).
-      device: "auto" (the first GPU, else the CPU), "cpu", "gpu" or "gpu:N".
-      strategy: "none" (one device), "mirrored" (the machine's GPUs, or its logical CPUs)
-        or "multi-worker" (the workers of TF_CONFIG); the global batch is split across the
-        replicas and their gradients summed.
-      log_every: the step loss goes to TensorBoard every this many steps.
-      profile_steps: (first, last) steps, counted from 1, to trace with the TensorBoard
-        profiler; None traces nothing.
+    Each field's `Flag` (in its metadata) documents it; `--help` prints the same text.
     """
 
-    epochs: int = 20
-    batch_size: int = 128
-    learning_rate: float = 0.01
-    n_kernels: int = 10
-    units: int = 100
-    seed: int = 42
-    xla: bool = False
-    standardize: str = "scale"
-    data_dir: str | None = None
-    validation_fraction: float = 0.2
-    steps_per_call: int | None = None
-    shards: int | None = None
-    precision: str = "float32"
-    eval_batch_size: int = 256
-    logdir: str | None = None
-    deterministic: bool = False
-    export_dir: str | None = None
-    log_every: int = 50
-    profile_steps: tuple[int, int] | None = None
-    device: str = "auto"
-    strategy: str = "none"
+    xla: bool = setting(False, "compile the per-batch steps with XLA (jit_compile)")
+    epochs: int = setting(20, "passes over the training set", resumable=True, **POSITIVE)
+    batch_size: int = setting(
+        128, "images per SGD step; each epoch drops its remainder, as the book", **POSITIVE
+    )
+    learning_rate: float = setting(0.01, "SGD learning rate", **POSITIVE)
+    n_kernels: int = setting(10, "3x3 convolution kernels", name="--kernels", **POSITIVE)
+    units: int = setting(100, "hidden units of the dense layer", **POSITIVE)
+    seed: int = setting(
+        42,
+        "seed of the weights, the split and the batch order",
+        check=lambda seed: 0 <= seed < 2**31,
+        requirement="must lie in [0, 2**31)",
+    )
+    data_dir: str | None = setting(
+        None,
+        "folder with the four Fashion-MNIST IDX files",
+        default_help="$FASHION_MNIST_DIR, then Keras's cache, then Debian's "
+        "/usr/share/datasets/fashion-mnist, then a Keras download",
+        metavar="DIR",
+        resumable=True,
+    )
+    standardize: str = setting(
+        "scale",
+        "'scale': x / 255, as the book; 'zscore': the training set's mean and std",
+        **_one_of(STANDARDIZATIONS),
+    )
+    validation_fraction: float = setting(
+        0.2,
+        "share of the 60,000 training images held out for validation, stratified by class",
+        check=lambda fraction: 0 < fraction < 1,
+        requirement="must lie strictly between 0 and 1",
+    )
+    steps_per_call: int | None = setting(
+        None,
+        "training steps per compiled call",
+        default_help="a whole epoch",
+        resumable=True,
+        **POSITIVE,
+    )
+    shards: int | None = setting(
+        None,
+        "split each batch into this many shards that run side by side and sum their "
+        "gradients of the divided loss: the same mean gradient",
+        default_help="2 on a multi-core CPU, 1 on a GPU",
+        **POSITIVE,
+    )
+    precision: str = setting(
+        "float32",
+        "float32 (the book's numerics), mixed_bfloat16 or mixed_float16 (Keras policies: "
+        "float32 variables, logits and loss; loss scaling for float16), or auto: float16 on "
+        "GPUs with tensor cores, bfloat16 on CPUs with bfloat16 units",
+        **_one_of(PRECISIONS),
+    )
+    eval_batch_size: int = setting(256, "images per evaluation step", resumable=True, **POSITIVE)
+    device: str = setting(
+        "auto",
+        "auto (the first GPU, else the CPU), cpu, gpu or gpu:N; a GPU that is not there is "
+        "an error",
+        parse=str.lower,
+        check=lambda device: DEVICE_PATTERN.fullmatch(device) is not None,
+        requirement="is not auto, cpu, gpu or gpu:N",
+        resumable=True,
+    )
+    strategy: str = setting(
+        "none",
+        "data-parallel training with tf.distribute: mirrored (this machine's GPUs) or "
+        "multi-worker (the machines of TF_CONFIG); the global batch is split across them",
+        **_one_of(STRATEGIES),
+    )
+    logdir: str | None = setting(
+        None,
+        "run folder for the configuration, checkpoints, metrics and TensorBoard logs",
+        default_help="runs/<date-time>",
+        metavar="DIR",
+        resumable=True,
+    )
+    deterministic: bool = setting(
+        False, "TensorFlow's op determinism on top of the seeds: reruns give bit-identical weights"
+    )
+    export_dir: str | None = setting(
+        None,
+        "save the trained model as a SavedModel",
+        name="--export",
+        default_help="none",
+        metavar="DIR",
+        resumable=True,
+    )
+    log_every: int = setting(
+        50, "write the step loss to TensorBoard every N steps", resumable=True, **POSITIVE
+    )
+    profile_steps: tuple[int, int] | None = setting(
+        None,
+        "trace steps START to STOP (from 1) with the TensorBoard profiler",
+        parse=parse_step_range,
+        check=lambda steps: len(steps) == 2 and 1 <= steps[0] <= steps[1],
+        requirement="needs 1 <= START <= STOP",
+        default_help="none",
+        metavar="START,STOP",
+        resumable=True,
+    )
 
     def __post_init__(self):
         if self.profile_steps is not None:  # JSON gives a list back
             object.__setattr__(self, "profile_steps", tuple(self.profile_steps))
-            first, last = (*self.profile_steps, 0, 0)[:2]
-            _require(
-                "profile_steps",
-                self.profile_steps,
-                len(self.profile_steps) == 2 and 1 <= first <= last,
-                "must be two steps START,STOP with 1 <= START <= STOP",
+        for field in dataclasses.fields(self):
+            field.metadata["flag"].validate(field.name, getattr(self, field.name))
+        if self.shards is not None and self.batch_size % self.shards:
+            raise ConfigError.invalid(
+                "shards", self.shards, f"must divide batch_size={self.batch_size}"
             )
-        for name in ("epochs", "batch_size", "n_kernels", "units", "eval_batch_size", "log_every"):
-            _require(name, getattr(self, name), getattr(self, name) >= 1, "must be at least 1")
-        for name in ("steps_per_call", "shards"):
-            value = getattr(self, name)
-            if value is not None:
-                _require(name, value, value >= 1, "must be at least 1")
-        if self.shards is not None:
-            _require(
-                "shards",
-                self.shards,
-                self.batch_size % self.shards == 0,
-                f"must divide batch_size={self.batch_size}",
-            )
-        _require(
-            "learning_rate",
-            self.learning_rate,
-            math.isfinite(self.learning_rate) and self.learning_rate > 0,
-            "must be a positive number",
-        )
-        _require(
-            "validation_fraction",
-            self.validation_fraction,
-            0 < self.validation_fraction < 1,
-            "must lie strictly between 0 and 1",
-        )
-        _require(
-            "standardize",
-            self.standardize,
-            self.standardize in STANDARDIZATIONS,
-            f"must be one of {', '.join(STANDARDIZATIONS)}",
-        )
-        _require(
-            "precision",
-            self.precision,
-            self.precision in PRECISIONS,
-            f"must be one of {', '.join(PRECISIONS)}",
-        )
-        _require("seed", self.seed, 0 <= self.seed < 2**31, "must lie in [0, 2**31)")
-        _require(
-            "device",
-            self.device,
-            DEVICE_PATTERN.fullmatch(self.device) is not None,
-            "must be auto, cpu, gpu or gpu:N",
-        )
-        _require(
-            "strategy",
-            self.strategy,
-            self.strategy in STRATEGIES,
-            f"must be one of {', '.join(STRATEGIES)}",
-        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def require_batch_fits(self, train_size: int) -> None:
+        """The one check that a batch fits the training set (each epoch drops its remainder,
+        so a larger batch would make epochs of no steps)."""
+        if self.batch_size > train_size:
+            raise ConfigError.invalid(
+                "batch_size", self.batch_size, f"is larger than the {train_size} training images"
+            )
 
-def _require(field: str, value, ok: bool, what: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field}={value!r} {what}")
+
+def flag_of(field: dataclasses.Field) -> Flag:
+    return field.metadata["flag"]
 
 
-def resumed(saved: TrainConfig, requested: TrainConfig) -> TrainConfig:
-    """The configuration a resumed run continues with: the saved run's, except where the
-    request changes what `RESUMABLE_CHANGES` lists. A field left at its default keeps the
-    saved value; a field of the arithmetic set to something else is a ConfigError.
-    """
-    defaults = TrainConfig()
+def resumed(saved: TrainConfig, given: dict) -> TrainConfig:
+    """The configuration a resumed run continues with: the saved run's, with the settings
+    `given` (those named on the command line, whatever their value) applied where they may
+    change, and refused where they take part in the arithmetic and differ."""
     changes = {}
     for field in dataclasses.fields(TrainConfig):
         name = field.name
-        wanted, was = getattr(requested, name), getattr(saved, name)
-        if wanted == getattr(defaults, name) or wanted == was or name == "logdir":
+        if name not in given or given[name] == getattr(saved, name):
             continue
-        if name not in RESUMABLE_CHANGES:
+        if not flag_of(field).resumable:
             raise ConfigError(
-                f"{name}={wanted!r} differs from the resumed run's {name}={was!r}; "
-                "a resumed run keeps its configuration (start a new --logdir to change it)"
+                f"{name}={given[name]!r} differs from the resumed run's "
+                f"{name}={getattr(saved, name)!r}; a resumed run keeps its configuration "
+                "(start a new --logdir to change it)"
             )
-        changes[name] = wanted
+        changes[name] = given[name]
     return dataclasses.replace(saved, **changes)

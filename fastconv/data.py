@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastconv.config import TrainConfig
+
 CLASS_NAMES = (
     "T-shirt/top",
     "Trouser",
@@ -216,4 +218,34 @@ def stratified_split(labels: np.ndarray, validation_fraction: float = 0.2, seed:
     return Split(
         train=rng.permutation(np.concatenate(train)),
         validation=rng.permutation(np.concatenate(validation)),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BookSplit:
+    """The arrays a run trains, validates and tests on: the book's split of the training
+    images, and the test set."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    validation_images: np.ndarray
+    validation_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: Path
+
+
+def book_split(dataset: FashionMNIST, config: TrainConfig) -> BookSplit:
+    """The run's arrays, split as `config` says; a batch larger than the training set is a
+    ConfigError (the one place that is checked)."""
+    split = stratified_split(dataset.train_labels, config.validation_fraction, config.seed)
+    config.require_batch_fits(len(split.train))
+    return BookSplit(
+        dataset.train_images[split.train],
+        dataset.train_labels[split.train],
+        dataset.train_images[split.validation],
+        dataset.train_labels[split.validation],
+        dataset.test_images,
+        dataset.test_labels,
+        dataset.source,
     )

@@ -30,7 +30,7 @@ class Classifier(tf.Module):
         super().__init__(name="fastconv_classifier")
         self.model = trainer.model
         self.class_names = tf.Variable(list(CLASS_NAMES), trainable=False, name="class_names")
-        self._forpass = trainer._forpass
+        self._forpass = trainer.forpass
         self._standardize = standardize
         self.classify = tf.function(
             self._classify,

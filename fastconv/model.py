@@ -67,7 +67,7 @@ class ConvNet(tf.Module):
             # features (14*14*K, B): the dense layers computed transposed, hidden (units, B)
             # and logits (10, B); matmul reads its operands transposed at no cost. (Biases
             # get their axis from expand_dims, whose gradient is a free reshape; a [:, None]
-            # slice's is a StridedSliceGrad op, and the step ran ~2.5% faster without them.)
+            # slice's gradient is a StridedSliceGrad op of its own.)
             hidden = tf.nn.relu(tf.matmul(w1, features, transpose_a=True) + tf.expand_dims(b1, 1))
             logits = tf.transpose(tf.matmul(w2, hidden, transpose_a=True) + tf.expand_dims(b2, 1))
         else:
@@ -94,7 +94,7 @@ def conv_relu_pool_nn(images, conv_w, conv_b):
     Pooled first: a per-channel bias is the same over a window and ReLU is monotonic, so
     relu(max(conv) + b) equals max(relu(conv + b)) exactly (float rounding keeps order), in
     values and in the gradient the pool routes to each window's maximum. The bias, the ReLU
-    and their gradients then touch a quarter of the data (~11% faster in float32 here).
+    and their gradients then touch a quarter of the data.
     """
     conv = tf.nn.conv2d(images, conv_w, strides=1, padding="SAME")
     pooled = tf.nn.max_pool2d(conv, ksize=2, strides=2, padding="VALID")
@@ -113,13 +113,12 @@ def conv_relu_pool_batch_channels(images, conv_w, conv_b):
     the columns, so the dense layer reads them as they are: no transpose of the features,
     forward or backward, where image-major channels (the kernels tiled instead of the images)
     needed one each way. The gradient of the repeated kernels sums over the batch, as the
-    conv's gradient does. Measured on the 2-core host, the whole training step in float32:
-    1.13x the image-major layout, itself ~1.15x the tf.nn ops.
+    conv's gradient does.
 
     Under mixed_bfloat16 it computes in bfloat16 like the rest: with one kernel per channel,
-    oneDNN's bfloat16 depthwise kernel is fast (the whole step 1.09x that with this layer in
-    float32; with the kernels tiled over the images it had been ~30% slower), and this layer
-    is bound by memory, which bfloat16 halves.
+    oneDNN's bfloat16 depthwise kernel is fast (with the kernels tiled over the images
+    instead, it was not), and this layer is bound by memory, which bfloat16 halves.
+    bench/RESULTS.md has the measurements behind each of these choices.
     """
     n_kernels = conv_w.shape[-1]
     batch = tf.shape(images)[0]
@@ -180,6 +179,18 @@ CONV_FORMS = {
     "batch_channels": ConvForm(conv_relu_pool_batch_channels, images_in_columns=True),
     "patches": ConvForm(conv_relu_pool_patches, images_in_columns=False),
 }
+
+
+def fastest_conv_form(xla: bool, on_gpu: bool) -> str:
+    """The entry of `CONV_FORMS` that the engine runs fastest.
+
+    XLA compiles the patches matmul well and its own convolution badly; a GPU runs the
+    book's `tf.nn` ops as cuDNN kernels; graph mode on a CPU is fastest with the batch as
+    the channels of a depthwise conv (bench/RESULTS.md has the measurements).
+    """
+    if xla:
+        return "patches"
+    return "nn" if on_gpu else "batch_channels"
 
 
 def training_flops_per_image(n_kernels: int = 10, units: int = 100) -> int:

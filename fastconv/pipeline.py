@@ -8,11 +8,17 @@ encoding and standardization run on whole batches: nothing is done per image.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from fastconv.data import IMAGE_SIZE, NUM_CLASSES
+from fastconv.config import TrainConfig
+from fastconv.data import IMAGE_SIZE, NUM_CLASSES, BookSplit
+
+# A training set up to this size is kept on the device (Fashion-MNIST's is 38 MB) and each
+# batch gathered inside the compiled loop; a larger one streams from host memory, prefetched.
+RESIDENT_BYTES = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +118,7 @@ def training_order(
     Args:
       num_examples: training images to draw from.
       batch_size: static batch size; each epoch drops its remainder so shapes never change.
+        It fits the examples (`TrainConfig.require_batch_fits`).
       seed: with the epoch number, fixes each epoch's order.
       start_step: the step the stream starts at, counted from the first step of epoch 0;
         a resumed run passes its step count and gets exactly the batches it had not seen.
@@ -120,10 +127,6 @@ def training_order(
         of each batch in turn, for the replicas it feeds. Together the replicas see exactly
         the batches of a one-device run, so the global batch and the order stay the book's.
     """
-    if batch_size > num_examples:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {num_examples} training images"
-        )
     first_epoch, first_step = divmod(start_step, num_examples // batch_size)
     epochs = tf.data.Dataset.counter(start=first_epoch)
     rows = (
@@ -156,4 +159,81 @@ def gathered(index_rows: tf.data.Dataset, make_batch) -> tf.data.Dataset:
         index_rows.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
         .with_options(NO_AUTOTUNE)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+    """The tf.data pipelines of a run, built from the arrays of the book's split."""
+
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    train_size: int
+    batch_size: int
+    standardize: Standardization
+    # With the training set resident on the device, the training stream yields index rows
+    # and this gathers their batch inside the compiled loop (`Trainer.make_batch`); else None.
+    make_batch: Callable | None
+    training_from: Callable[[int], tf.data.Dataset]
+
+    def train(self, start_step: int = 0) -> tf.data.Dataset:
+        """The endless training stream from `start_step` on (a resumed run's step count)."""
+        return self.training_from(start_step)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps in an epoch: the remainder of the images is dropped, as the book does."""
+        return self.train_size // self.batch_size
+
+    @property
+    def images_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+
+def make_datasets(
+    split: BookSplit,
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    resident: bool = False,
+) -> Datasets:
+    """The run's pipelines.
+
+    Under a strategy, each worker's stream yields its replicas' shares of every global batch.
+    `resident` keeps the training images as constants on the device of the enclosing
+    `tf.device` scope, and the stream yields only the batches' indices.
+    """
+    images, labels = split.train_images, split.train_labels
+    standardize = Standardization.named(config.standardize, images)
+    make_batch = batch_maker(images, labels, standardize) if resident else None
+
+    def stream(start_step: int, replica_chunks=(0, 1, 1)) -> tf.data.Dataset:
+        return training_batches(
+            images, labels, config.batch_size, config.seed, standardize, start_step, replica_chunks
+        )
+
+    def training_from(start_step: int) -> tf.data.Dataset:
+        if resident:
+            order = training_order(len(images), config.batch_size, config.seed, start_step)
+            return order.prefetch(2).with_options(NO_AUTOTUNE)
+        if strategy:
+
+            def worker_training(context: tf.distribute.InputContext):
+                local = context.num_replicas_in_sync // context.num_input_pipelines
+                first = context.input_pipeline_id * local
+                return stream(start_step, (first, local, context.num_replicas_in_sync))
+
+            return strategy.distribute_datasets_from_function(worker_training)
+        return stream(start_step)
+
+    def evaluation(images, labels):
+        return evaluation_batches(images, labels, config.eval_batch_size, standardize)
+
+    return Datasets(
+        validation=evaluation(split.validation_images, split.validation_labels),
+        test=evaluation(split.test_images, split.test_labels),
+        train_size=len(images),
+        batch_size=config.batch_size,
+        standardize=standardize,
+        make_batch=make_batch,
+        training_from=training_from,
     )

@@ -1,5 +1,8 @@
-"""The process around the graph: devices and strategies, precision, threads, seeds, and
-what the device is."""
+"""The process around the graph, resolved once: `place(config)` turns the configuration and
+the machine into a frozen `Placement` (device, strategy, shards, threads, precision, conv
+form) that the modules below read and never re-derive. The helpers it uses (devices and
+strategies, precision, threads, seeds, versions) live here too.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import platform
 import keras
 import tensorflow as tf
 
-from fastconv.config import ConfigError
+from fastconv.config import ConfigError, TrainConfig
+from fastconv.model import fastest_conv_form
 
 
 def seed_everything(seed: int) -> None:
@@ -41,12 +45,10 @@ def _cpuinfo_field(name: str) -> str:
     return ""
 
 
-def describe_device(device_name: str | None = None) -> str:
+def describe_device(device: DeviceDescription, gpu_count: int) -> str:
     """One line naming the device the run computes on, e.g. 'CPU: AMD EPYC 9R14 (2 cores)'."""
-    device = this_device(device_name)
     if device.kind == "GPU":
-        count = len(tf.config.list_physical_devices("GPU"))
-        return f"GPU: {device.name} (x{count}, compute capability {device.compute_capability})"
+        return f"GPU: {device.name} (x{gpu_count}, compute capability {device.compute_capability})"
     return f"CPU: {device.name} ({cpu_cores()} cores)"
 
 
@@ -69,49 +71,25 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def has_gpu() -> bool:
-    return bool(tf.config.list_physical_devices("GPU"))
+def auto_shards(batch_size: int, on_gpu: bool) -> int:
+    """Shards per step when the user names none: 2 on a multi-core CPU when the batch splits.
 
-
-def _on_gpu(on_gpu: bool | None) -> bool:
-    """Whether a run computes on a GPU: `on_gpu` when given, else whether the machine has one."""
-    return has_gpu() if on_gpu is None else on_gpu
-
-
-def auto_shards(batch_size: int, on_gpu: bool | None = None) -> int:
-    """Shards per step when the user names none: 2 on a CPU when the batch splits evenly.
-
-    On the 2-core machine this was measured on, two shards with one thread each trained
-    ~20% faster than one batch on two threads (the step is a chain of small ops that one
-    core cannot keep the other busy with). A GPU runs one batch as one. `on_gpu`: whether the
-    run computes on a GPU (default: whether the machine has one).
+    One batch's step is a chain of small ops that one core cannot keep another busy with;
+    two independent shards, one thread each, keep both cores working. A GPU runs one batch
+    as one.
     """
-    if _on_gpu(on_gpu) or cpu_cores() < 2 or batch_size % 2:
+    if on_gpu or cpu_cores() < 2 or batch_size % 2:
         return 1
     return 2
 
 
-def conv_form(xla: bool, on_gpu: bool | None = None) -> str:
-    """Which of `fastconv.model.CONV_FORMS` computes the conv layer: the fastest for the engine.
-
-    XLA compiles the patches matmul well and its own convolution badly; a GPU runs the
-    book's `tf.nn` ops as cuDNN kernels; graph mode on a CPU is fastest with the batch as
-    the channels of a depthwise conv (conv + pool 0.41 against 0.69 ms a shard on the 2-core
-    host; the whole float32 step ~1.3x the tf.nn ops'). `on_gpu` as for `auto_shards`.
-    """
-    if xla:
-        return "patches"
-    return "nn" if _on_gpu(on_gpu) else "batch_channels"
-
-
-def thread_counts(shards: int, on_gpu: bool | None = None) -> tuple[int, int] | None:
+def thread_counts(shards: int, on_gpu: bool) -> tuple[int, int] | None:
     """(intra-op, inter-op) threads for a CPU run, or None to keep TensorFlow's defaults.
 
     With shards, each op gets cores // shards threads and `shards` ops run at once, so the
-    shards proceed side by side; under XLA each shard's compiled cluster is one such op (on
-    the 2-core host 1.1x XLA's own threading of one cluster). `on_gpu` as for `auto_shards`.
+    shards proceed side by side; under XLA each shard's compiled cluster is one such op.
     """
-    if shards == 1 or _on_gpu(on_gpu):
+    if shards == 1 or on_gpu:
         return None
     return max(1, cpu_cores() // shards), shards
 
@@ -159,8 +137,8 @@ def choose_precision(device: DeviceDescription) -> tuple[str, str]:
     """The precision `auto` picks for `device`, and why.
 
     float16 on GPUs with tensor cores (compute capability 7.0 and up), bfloat16 on CPUs with
-    bfloat16 units (AVX512_BF16 or AMX), where it was measured faster than float32 here
-    (1.3x with 2 shards on the 2-core Zen 4); float32, the book's numerics, otherwise.
+    bfloat16 units (AVX512_BF16 or AMX), where it trained faster than float32 to the same
+    accuracy (bench/RESULTS.md); float32, the book's numerics, otherwise.
     """
     if device.kind == "GPU":
         if device.compute_capability and device.compute_capability >= (7, 0):
@@ -173,14 +151,11 @@ def choose_precision(device: DeviceDescription) -> tuple[str, str]:
     return "float32", "CPU without bfloat16 units (no avx512_bf16 or amx_bf16)"
 
 
-def this_device(device_name: str | None = None) -> DeviceDescription:
-    """The description of `device_name` ("/CPU:0", "/GPU:1", as `resolve_device` gives), or
-    when None of the device a run would pick: the first GPU, else the CPU."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if device_name is None:
-        device_name = "/GPU:0" if gpus else "/CPU:0"
-    if "GPU" in device_name:
-        gpu = gpus[int(device_name.rsplit(":", 1)[1])]
+def device_description(device: str, gpus: list) -> DeviceDescription:
+    """What `device` ("/CPU:0", "/GPU:1", as `resolve_device` gives) is, given the GPUs that
+    `prepare_gpus` listed."""
+    if device.startswith("/GPU"):
+        gpu = gpus[int(device.rsplit(":", 1)[1])]
         details = tf.config.experimental.get_device_details(gpu)
         return DeviceDescription(
             "GPU", details.get("device_name", gpu.name), details.get("compute_capability")
@@ -215,21 +190,21 @@ def resolve_device(requested: str, gpu_count: int) -> str:
     return f"/GPU:{index}"
 
 
-def prepare_gpus() -> int:
+def prepare_gpus() -> list:
     """Turns on memory growth on every GPU (TensorFlow would otherwise take all their memory
-    at start); returns how many there are. Must run before TensorFlow uses a GPU."""
+    at start); returns them. Must run before TensorFlow uses a GPU."""
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         # Once TensorFlow has initialized the GPU, growth stays as it was set then.
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
-    return len(gpus)
+    return gpus
 
 
-def make_strategy(name: str, device: str) -> tf.distribute.Strategy | None:
+def make_strategy(name: str, on_gpu: bool) -> tf.distribute.Strategy | None:
     """The tf.distribute strategy of `--strategy`; None for "none" (one device, no wrapper).
 
-    "mirrored" replicates over the machine's GPUs when `device` is a GPU, else over its
+    "mirrored" replicates over the machine's GPUs when the run is on a GPU, else over its
     (logical) CPUs; "multi-worker" over the workers that TF_CONFIG lists, as TensorFlow
     documents: {"cluster": {"worker": ["host1:port", ...]}, "task": {"type": "worker",
     "index": i}}.
@@ -237,7 +212,7 @@ def make_strategy(name: str, device: str) -> tf.distribute.Strategy | None:
     if name == "none":
         return None
     if name == "mirrored":
-        kind = "GPU" if "GPU" in device else "CPU"
+        kind = "GPU" if on_gpu else "CPU"
         return tf.distribute.MirroredStrategy(
             [d.name for d in tf.config.list_logical_devices(kind)]
         )
@@ -257,3 +232,97 @@ def worker_index() -> int:
         return int(json.loads(os.environ.get("TF_CONFIG", "{}"))["task"]["index"])
     except (ValueError, KeyError, TypeError):
         return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where and how a run computes: decided once by `place`, then only read.
+
+    Attributes:
+      device: the TensorFlow device of the variables and the steps, "/CPU:0" or "/GPU:N".
+      on_gpu: whether that device is a GPU.
+      description: one line naming it, e.g. "CPU: AMD EPYC 9R14 (2 cores)".
+      strategy: the tf.distribute strategy, or None on one device.
+      shards: shards per batch (1 under a strategy: the replicas take their place).
+      threads: (intra-op, inter-op) thread counts, or None for TensorFlow's defaults.
+      precision: the Keras policy the run computes in ("auto" resolved).
+      conv_form: the `fastconv.model.CONV_FORMS` entry the forpass uses.
+      notes: what resolving decided that the user should hear.
+    """
+
+    device: str
+    on_gpu: bool
+    description: str
+    strategy: tf.distribute.Strategy | None
+    shards: int
+    threads: tuple[int, int] | None
+    precision: str
+    conv_form: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync if self.strategy else 1
+
+    @property
+    def loss_scaling(self) -> bool:
+        """float16's range is too narrow for small gradients unscaled."""
+        return self.precision == "mixed_float16"
+
+    def device_scope(self):
+        """Where the run's ops go: the device, or under a strategy wherever it places them."""
+        return contextlib.nullcontext() if self.strategy else tf.device(self.device)
+
+    def variables_scope(self):
+        """Where variables are made: a strategy's scope mirrors them across the replicas."""
+        return self.strategy.scope() if self.strategy else contextlib.nullcontext()
+
+
+def place(config: TrainConfig) -> Placement:
+    """Resolves what `config` leaves to the machine: the device, the strategy, shards,
+    threads, precision and conv form. Listing and configuring the GPUs runs no op, so the
+    threads can still be set after (`start`)."""
+    gpus = prepare_gpus()
+    device = resolve_device(config.device, len(gpus))
+    on_gpu = device.startswith("/GPU")
+    description = device_description(device, gpus)
+    strategy = make_strategy(config.strategy, on_gpu)
+    if strategy and config.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError.invalid(
+            "batch_size",
+            config.batch_size,
+            f"does not split evenly across {strategy.num_replicas_in_sync} replicas",
+        )
+    shards = 1 if strategy else config.shards or auto_shards(config.batch_size, on_gpu)
+    precision, notes = config.precision, []
+    if precision == "auto":
+        precision, reason = choose_precision(description)
+        notes.append(f"precision: auto picked {precision}: {reason}")
+    if precision == "mixed_float16" and not on_gpu:
+        notes.append(
+            "warning: mixed_float16 on a CPU has no float16 units to use and ran several "
+            "times slower than float32; mixed_bfloat16 or float32 train faster"
+        )
+    return Placement(
+        device=device,
+        on_gpu=on_gpu,
+        description=describe_device(description, len(gpus)),
+        strategy=strategy,
+        shards=shards,
+        threads=thread_counts(shards, on_gpu),
+        precision=precision,
+        conv_form=fastest_conv_form(config.xla, on_gpu),
+        notes=tuple(notes),
+    )
+
+
+def start(config: TrainConfig) -> Placement:
+    """`place`, then the process set up as it says: threads, determinism, seeds."""
+    placement = place(config)
+    if not set_threads(placement.threads):  # only possible before TensorFlow's first op
+        note = f"note: TensorFlow already started; keeping its threads, not {placement.threads}"
+        placement = dataclasses.replace(placement, notes=(*placement.notes, note))
+    if config.deterministic:
+        enable_determinism()
+    seed_everything(config.seed)
+    return placement

@@ -9,17 +9,22 @@ that needs Python (printing, logging, checkpoints) happens between blocks, in `f
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import keras
 import tensorflow as tf
 
-from fastconv import runtime
-from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy
+from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy, fastest_conv_form
+
+if TYPE_CHECKING:
+    from fastconv.config import TrainConfig
+    from fastconv.runtime import Placement
 
 
 class Block(NamedTuple):
-    """What a block of training steps returns: a handful of scalars, read by the host at once.
+    """What a block of training steps returns: a handful of scalars, fetched by the host in
+    one read (`fetch`).
 
     The loss is summed in float64, where adding float32 losses is exact, so epoch means come
     out bit for bit the same however the epoch was cut into blocks (or resumed between them).
@@ -35,6 +40,25 @@ class Block(NamedTuple):
         """The block's mean loss."""
         return self.loss_sum / tf.cast(self.steps, tf.float64)
 
+    def fetch(self) -> BlockResult:
+        """The scalars on the host, in one read, which waits for the block. float64 holds
+        each of them exactly (the counts stay far below 2**53)."""
+        steps, loss_sum, correct, finite = tf.stack([tf.cast(t, tf.float64) for t in self]).numpy()
+        return BlockResult(int(steps), float(loss_sum), int(correct), bool(finite))
+
+
+class BlockResult(NamedTuple):
+    """A block's scalars, on the host."""
+
+    steps: int
+    loss_sum: float
+    correct: int
+    finite: bool
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.steps
+
 
 class Trainer:
     """Trains a ConvNet with SGD on batches of one-hot targets.
@@ -47,16 +71,20 @@ class Trainer:
         iterator, which XLA cannot compile; the shards' gradients are summed and applied in
         graph mode, so the shards' compiled clusters run side by side as graph mode's do.
       conv_form: which of `fastconv.model.CONV_FORMS` the forpass computes the conv layer
-        with; by default the fastest for XLA or the device (`fastconv.runtime.conv_form`).
+        with; by default a CPU's fastest for the engine (`make_trainer` passes the one the
+        run's `fastconv.runtime.Placement` chose).
       shards: split each batch into this many equal shards, each with its own forward and
         backward pass of its loss divided by `shards`, and sum their gradients: the batch's
         mean gradient (up to float32 rounding). The shards are independent, so the executor
         runs them on different cores at once, where one batch's chain of small ops would
         leave cores idle.
-
-    Under the model's `mixed_float16` policy the optimizer is Keras's `LossScaleOptimizer`:
-    the loss is scaled before differentiation, the gradients unscaled before the update, and
-    a step whose gradients are not finite is skipped while the scale is halved.
+      loss_scaling: wrap the optimizer in Keras's `LossScaleOptimizer` (for `mixed_float16`):
+        the loss is scaled before differentiation, the gradients unscaled before the update,
+        and a step whose gradients are not finite is skipped while the scale is halved.
+      make_batch: when the iterator yields index rows of images resident on the device
+        (`fastconv.pipeline.batch_maker`), gathers each batch inside the loop; else None.
+      step_summaries, log_every: the writer the step loss goes to every `log_every` steps.
+      strategy: the tf.distribute strategy the model and trainer were built in, or None.
     """
 
     def __init__(
@@ -66,6 +94,8 @@ class Trainer:
         xla: bool = False,
         shards: int = 1,
         conv_form: str | None = None,
+        loss_scaling: bool = False,
+        make_batch: Callable | None = None,
         step_summaries: tf.summary.SummaryWriter | None = None,
         log_every: int = 50,
         strategy: tf.distribute.Strategy | None = None,
@@ -74,15 +104,15 @@ class Trainer:
         self.learning_rate = learning_rate
         self.xla = xla
         self.shards = shards
-        self.conv_form = conv_form or runtime.conv_form(xla)
+        self.conv_form = conv_form or fastest_conv_form(xla, on_gpu=False)
         # Under a tf.distribute strategy (model and trainer built in its scope), each replica
         # steps on its share of the global batch; the optimizer sums the replicas' gradients,
         # so each replica's loss is divided by their number: the sum is the global mean's.
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync if strategy else 1
         self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
-        self.loss_scaling = model.dtype_policy.name == "mixed_float16"
-        if self.loss_scaling:  # float16's range is too narrow for small gradients unscaled
+        self.loss_scaling = loss_scaling
+        if loss_scaling:
             self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
         # Build the optimizer's variables now: tf.function may not create them on a later trace.
         self.optimizer.build(model.weights)
@@ -95,9 +125,7 @@ class Trainer:
         self.step_summaries = step_summaries
         self.log_every = log_every
         self.recording = tf.Variable(True, trainable=False, name="recording")
-        # Set (before the first call) when the iterator yields index rows and the images are
-        # resident on the device: the batch is then gathered inside the loop, on the device.
-        self.make_batch = None
+        self.make_batch = make_batch
         self.shard_gradients = tf.function(self._shard_gradients, jit_compile=xla)
         self.train_step = tf.function(self._train_step)
         self.eval_step = tf.function(self._eval_step, jit_compile=xla)
@@ -135,7 +163,8 @@ class Trainer:
         """The step counter, read on the host (also when it is mirrored across replicas)."""
         return int(self.step.numpy())
 
-    def _forpass(self, images):
+    def forpass(self, images):
+        """Logits of the images, computed with the trainer's conv form and precision."""
         return self.model.forpass(images, self.conv_form)
 
     def _train_step(self, images, targets):
@@ -158,7 +187,7 @@ class Trainer:
         """A shard's mean loss, the gradients of that loss divided by `parts`, and its number
         of correct predictions (under loss scaling, the gradients are of the scaled loss)."""
         with tf.GradientTape() as tape:
-            logits = self._forpass(images)
+            logits = self.forpass(images)
             loss = cross_entropy(targets, logits)
             scaled_loss = loss / parts if parts > 1 else loss
             if self.loss_scaling:
@@ -179,16 +208,16 @@ class Trainer:
         padding's logits dropped, so evaluation too runs on every core.
         """
         if self.shards == 1:
-            return self._forpass(images)
+            return self.forpass(images)
         count = tf.shape(images)[0]
         padding = -count % self.shards
         padded = tf.pad(images, [[0, padding], [0, 0], [0, 0], [0, 0]])
-        logits = [self._forpass(shard) for shard in tf.split(padded, self.shards)]
+        logits = [self.forpass(shard) for shard in tf.split(padded, self.shards)]
         return tf.concat(logits, axis=0)[:count]
 
     def _predict_step(self, images):
         """The predicted class of each image."""
-        return tf.argmax(self._forpass(images), axis=1)
+        return tf.argmax(self.forpass(images), axis=1)
 
     def _split(self, images, targets):
         """The batch's shards; one when the batch does not divide evenly (a last, short batch)."""
@@ -273,3 +302,30 @@ class Trainer:
 def _count_correct(targets, logits):
     hits = tf.equal(tf.argmax(logits, axis=1), tf.argmax(targets, axis=1))
     return tf.reduce_sum(tf.cast(hits, tf.int64))
+
+
+def make_trainer(
+    config: TrainConfig,
+    placement: Placement,
+    make_batch: Callable | None = None,
+    step_summaries: tf.summary.SummaryWriter | None = None,
+) -> Trainer:
+    """The one way to build a trainer (a run, the book's class, the XLA probe, bench/): a
+    fresh network of `config`'s size and seed in the placement's precision, its variables
+    where the placement puts them, stepped as the placement decided."""
+    with placement.variables_scope():
+        model = ConvNet(
+            config.n_kernels, config.units, seed=config.seed, dtype_policy=placement.precision
+        )
+        return Trainer(
+            model,
+            config.learning_rate,
+            xla=config.xla,
+            shards=placement.shards,
+            conv_form=placement.conv_form,
+            loss_scaling=placement.loss_scaling,
+            make_batch=make_batch,
+            step_summaries=step_summaries,
+            log_every=config.log_every,
+            strategy=placement.strategy,
+        )

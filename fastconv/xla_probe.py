@@ -8,30 +8,35 @@ the comparison is the one a user makes by leaving out `--xla`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 import tensorflow as tf
 
-from fastconv import runtime
-from fastconv.model import ConvNet
-from fastconv.trainer import Trainer
+from fastconv.config import TrainConfig
+from fastconv.model import fastest_conv_form
+from fastconv.runtime import Placement
+from fastconv.trainer import Trainer, make_trainer
 
 
-def xla_speed_ratio(trainer: Trainer, train: tf.data.Dataset, steps: int = 50, rounds: int = 3):
+def xla_speed_ratio(
+    trainer: Trainer,
+    train: tf.data.Dataset,
+    config: TrainConfig,
+    placement: Placement,
+    steps: int = 50,
+    rounds: int = 3,
+) -> float:
     """Speed of the trainer's XLA steps over graph mode's: best of `rounds` blocks of `steps`
-    steps each from the stream `train`. Leaves the trainer as it was."""
+    steps each from the stream `train`. `trainer` is the run's, made from `config` and
+    `placement`; it is left as it was."""
     with trainer.state_restored():
         xla_seconds = block_seconds(trainer, iter(train), steps, rounds)
-    model = trainer.model
-    twin = Trainer(
-        ConvNet(model.n_kernels, model.units, seed=0, dtype_policy=model.dtype_policy.name),
-        trainer.learning_rate,
-        xla=False,
-        shards=trainer.shards,
-        conv_form=runtime.conv_form(xla=False, on_gpu=False),  # the probe runs on a CPU only
+    graph_placement = dataclasses.replace(
+        placement, conv_form=fastest_conv_form(xla=False, on_gpu=placement.on_gpu)
     )
-    twin.make_batch = trainer.make_batch
+    twin = make_trainer(dataclasses.replace(config, xla=False), graph_placement, trainer.make_batch)
     return block_seconds(twin, iter(train), steps, rounds) / xla_seconds
 
 
@@ -41,6 +46,6 @@ def block_seconds(trainer: Trainer, iterator, steps: int, rounds: int) -> float:
     best = math.inf
     for _ in range(rounds):
         start = time.perf_counter()
-        trainer.train(iterator, tf.constant(steps)).loss.numpy()  # host read: waits
+        trainer.train(iterator, tf.constant(steps)).fetch()  # host read: waits
         best = min(best, time.perf_counter() - start)
     return best

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import indexed_images, indices_of
+from helpers import indexed_images, indices_of, synthetic_dataset
 
-from fastconv import pipeline
+from fastconv import data, pipeline
+from fastconv.config import ConfigError, TrainConfig
 
 
 def stream_of_indices(count=1000, batch_size=64, seed=3, start_step=0):
@@ -83,7 +84,8 @@ def test_evaluation_batches_cover_every_image_once_in_order():
     np.testing.assert_array_equal(np.concatenate([b[1].numpy().argmax(1) for b in batches]), labels)
 
 
-def test_batch_larger_than_the_data_is_refused():
-    images = np.zeros((10, 28, 28), np.uint8)
-    with pytest.raises(ValueError, match="batch_size=11 is larger than the 10"):
-        pipeline.training_batches(images, np.zeros(10, np.uint8), 11, 0, pipeline.Standardization())
+def test_batch_larger_than_the_training_split_is_refused():
+    dataset = synthetic_dataset(train=100, test=10)  # 80 training images after the split
+    with pytest.raises(ConfigError, match="batch_size=81 is larger than the 80 training images"):
+        data.book_split(dataset, TrainConfig(batch_size=81))
+    assert len(data.book_split(dataset, TrainConfig(batch_size=80)).train_images) == 80

@@ -47,7 +47,7 @@ def test_mixed_step_follows_the_float32_step(policy):
 
 def test_loss_scaling_skips_a_step_with_infinite_gradients_and_lowers_the_scale():
     images, targets = batch(count=64)
-    trainer = Trainer(ConvNet(seed=2, dtype_policy="mixed_float16"), 0.1)
+    trainer = Trainer(ConvNet(seed=2, dtype_policy="mixed_float16"), 0.1, loss_scaling=True)
     assert isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer)
     trainer.train_step(images, targets)  # a normal step builds the scale variables
     scale = float(trainer.optimizer.dynamic_scale)
@@ -83,9 +83,9 @@ def test_auto_precision_by_device(device, expected):
 
 
 def test_this_machine_is_described():
-    device = runtime.this_device()
-    assert device.kind in ("CPU", "GPU")
-    if device.kind == "CPU":
-        assert device.cpu_flags  # read from /proc/cpuinfo
+    gpus = runtime.prepare_gpus()
+    device = runtime.device_description(runtime.resolve_device("auto", len(gpus)), gpus)
+    assert device.kind == ("GPU" if gpus else "CPU")
     # The CPU named by --device cpu is described as a CPU, whatever GPUs the machine has.
-    assert runtime.this_device("/CPU:0").kind == "CPU"
+    cpu = runtime.device_description("/CPU:0", gpus)
+    assert cpu.kind == "CPU" and cpu.cpu_flags  # read from /proc/cpuinfo

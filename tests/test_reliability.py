@@ -25,8 +25,9 @@ from helpers import (
 from fastconv import rundir
 from fastconv.checkpoints import Checkpoints
 from fastconv.config import TrainConfig
+from fastconv.loop import TrainingDiverged
 from fastconv.model import ConvNet
-from fastconv.run import TrainingDiverged, train_and_evaluate
+from fastconv.run import train_and_evaluate
 from fastconv.trainer import Trainer
 
 STEPS_PER_EPOCH = 50  # 2,000 synthetic images: 1,600 to train, in batches of 32
@@ -166,7 +167,7 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
             loss, correct = super()._train_step(images, targets)
             return tf.where(self.step >= 40, tf.constant(np.nan), loss), correct
 
-    monkeypatch.setattr("fastconv.run.Trainer", DivergesAtStep41)
+    monkeypatch.setattr("fastconv.trainer.Trainer", DivergesAtStep41)
     config = TrainConfig(epochs=5, batch_size=32, logdir=str(tmp_path), steps_per_call=4)
     with pytest.raises(TrainingDiverged) as diverged:
         train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)

@@ -1,46 +1,107 @@
-"""The process-level choices: shards per step and thread counts."""
+"""The environment resolved once: shards, threads, conv form and precision, and `place`."""
+
+import dataclasses
 
 import pytest
 
 from fastconv import runtime
+from fastconv.config import ConfigError, TrainConfig
+from fastconv.model import fastest_conv_form
 
 
 @pytest.fixture
-def cpu_with(monkeypatch):
-    def set_cores(cores: int, gpu: bool = False):
-        monkeypatch.setattr(runtime, "cpu_cores", lambda: cores)
-        monkeypatch.setattr(runtime, "has_gpu", lambda: gpu)
+def cores(monkeypatch):
+    def set_cores(count: int):
+        monkeypatch.setattr(runtime, "cpu_cores", lambda: count)
 
     return set_cores
 
 
-def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cpu_with):
-    cpu_with(2)
-    assert runtime.auto_shards(128) == 2
-    assert runtime.auto_shards(127) == 1
-    cpu_with(1)
-    assert runtime.auto_shards(128) == 1
-    cpu_with(8, gpu=True)
-    assert runtime.auto_shards(128) == 1
-    assert runtime.auto_shards(128, on_gpu=False) == 2  # --device cpu on a machine with a GPU
+def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cores):
+    cores(2)
+    assert runtime.auto_shards(128, on_gpu=False) == 2
+    assert runtime.auto_shards(127, on_gpu=False) == 1
+    assert runtime.auto_shards(128, on_gpu=True) == 1
+    cores(1)
+    assert runtime.auto_shards(128, on_gpu=False) == 1
 
 
-def test_the_conv_form_suits_the_engine(cpu_with):
-    cpu_with(2)
-    assert runtime.conv_form(xla=False) == "batch_channels"
-    assert runtime.conv_form(xla=True) == "patches"
-    cpu_with(2, gpu=True)
-    assert runtime.conv_form(xla=False) == "nn"  # cuDNN runs the book's ops
-    assert runtime.conv_form(xla=False, on_gpu=False) == "batch_channels"  # --device cpu
-    assert runtime.conv_form(xla=True) == "patches"
+def test_the_conv_form_suits_the_engine():
+    assert fastest_conv_form(xla=False, on_gpu=False) == "batch_channels"
+    assert fastest_conv_form(xla=True, on_gpu=False) == "patches"
+    assert fastest_conv_form(xla=False, on_gpu=True) == "nn"  # cuDNN runs the book's ops
+    assert fastest_conv_form(xla=True, on_gpu=True) == "patches"
 
 
-def test_shards_get_the_cores_between_them(cpu_with):
-    cpu_with(2)
-    assert runtime.thread_counts(shards=2) == (1, 2)
-    cpu_with(16)
-    assert runtime.thread_counts(shards=2) == (8, 2)
-    assert runtime.thread_counts(shards=1) is None
-    cpu_with(16, gpu=True)
-    assert runtime.thread_counts(shards=2) is None
+def test_shards_get_the_cores_between_them(cores):
+    cores(2)
+    assert runtime.thread_counts(shards=2, on_gpu=False) == (1, 2)
+    cores(16)
     assert runtime.thread_counts(shards=2, on_gpu=False) == (8, 2)
+    assert runtime.thread_counts(shards=1, on_gpu=False) is None
+    assert runtime.thread_counts(shards=2, on_gpu=True) is None
+
+
+@pytest.fixture
+def machine(monkeypatch, cores):
+    """A machine with the given cores and GPUs, as `place` sees it."""
+
+    def set_machine(core_count: int, gpus: int, compute_capability=(8, 0)):
+        cores(core_count)
+        monkeypatch.setattr(runtime, "prepare_gpus", lambda: [f"gpu{i}" for i in range(gpus)])
+        monkeypatch.setattr(
+            runtime,
+            "device_description",
+            lambda device, listed: (
+                runtime.DeviceDescription("GPU", "Fake", compute_capability)
+                if device.startswith("/GPU")
+                else runtime.DeviceDescription(
+                    "CPU", "Fake CPU", cpu_flags=frozenset({"avx512_bf16"})
+                )
+            ),
+        )
+
+    return set_machine
+
+
+def test_place_resolves_a_cpu_run_once(machine):
+    machine(core_count=2, gpus=0)
+    placement = runtime.place(TrainConfig(precision="auto"))
+    assert (placement.device, placement.on_gpu, placement.strategy) == ("/CPU:0", False, None)
+    assert (placement.shards, placement.threads, placement.replicas) == (2, (1, 2), 1)
+    assert (placement.precision, placement.loss_scaling) == ("mixed_bfloat16", False)
+    assert placement.conv_form == "batch_channels"
+    assert placement.notes == (
+        "precision: auto picked mixed_bfloat16: CPU has bfloat16 units (avx512_bf16)",
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        placement.shards = 1
+
+
+def test_place_follows_the_gpu_and_device_cpu_overrides_it(machine):
+    machine(core_count=16, gpus=2)
+    on_gpu = runtime.place(TrainConfig(precision="auto", device="gpu:1"))
+    assert (on_gpu.device, on_gpu.on_gpu, on_gpu.shards, on_gpu.threads) == (
+        "/GPU:1",
+        True,
+        1,
+        None,
+    )
+    assert (on_gpu.precision, on_gpu.loss_scaling, on_gpu.conv_form) == (
+        "mixed_float16",
+        True,
+        "nn",
+    )
+    on_cpu = runtime.place(TrainConfig(device="cpu"))  # --device cpu on a machine with GPUs
+    assert (on_cpu.on_gpu, on_cpu.shards, on_cpu.threads) == (False, 2, (8, 2))
+    assert on_cpu.conv_form == "batch_channels"
+
+
+def test_place_warns_of_float16_on_a_cpu_and_refuses_a_missing_gpu(machine):
+    machine(core_count=2, gpus=0)
+    placement = runtime.place(TrainConfig(precision="mixed_float16"))
+    assert placement.loss_scaling and placement.notes[0].startswith("warning: mixed_float16")
+    with pytest.raises(runtime.DeviceError, match="--device gpu: this machine has no GPU"):
+        runtime.place(TrainConfig(device="gpu"))
+    with pytest.raises(ConfigError, match="shards=3 must divide batch_size=128"):
+        TrainConfig(shards=3)

@@ -8,11 +8,13 @@ import pytest
 import tensorflow as tf
 from helpers import synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline
+from fastconv import data, pipeline, runtime
 from fastconv.config import TrainConfig
+from fastconv.loop import TrainingDiverged
 from fastconv.model import ConvNet, cross_entropy
-from fastconv.run import TrainingDiverged, make_datasets, train_and_evaluate
-from fastconv.trainer import Trainer
+from fastconv.pipeline import make_datasets
+from fastconv.run import train_and_evaluate
+from fastconv.trainer import Trainer, make_trainer
 from fastconv.xla_probe import xla_speed_ratio
 
 
@@ -139,8 +141,8 @@ def test_diverging_loss_stops_the_run_at_the_step_that_diverged():
     bad_step = int(re.match(r".* at step (\d+)", message).group(1))
     # The named step is the first bad one: the same steps one at a time stay finite before it.
     trainer = Trainer(ConvNet(seed=42), 1e10, shards=2)
-    datasets = make_datasets(synthetic_dataset(), config)
-    iterator = iter(datasets.train)
+    datasets = make_datasets(data.book_split(synthetic_dataset(), config), config)
+    iterator = iter(datasets.train())
     for _ in range(bad_step - 1):
         assert bool(trainer.train(iterator, tf.constant(1)).finite)
     assert not bool(trainer.train(iterator, tf.constant(1)).finite)
@@ -187,11 +189,11 @@ def test_loss_falls_on_real_data(fashion_mnist):
 def test_xla_speed_probe_leaves_the_trainer_as_it_was():
     dataset = synthetic_dataset()
     config = TrainConfig(batch_size=32, xla=True)
-    datasets = make_datasets(dataset, config)
-    trainer = Trainer(ConvNet(seed=2), 0.01, xla=True, shards=2)
+    datasets = make_datasets(data.book_split(dataset, config), config, resident=True)
+    placement = runtime.place(config)
+    trainer = make_trainer(config, placement, datasets.make_batch)
     before = [v.numpy() for v in trainer.variables]
-    trainer.make_batch = datasets.make_batch
-    ratio = xla_speed_ratio(trainer, datasets.train, steps=3, rounds=2)
+    ratio = xla_speed_ratio(trainer, datasets.train(), config, placement, steps=3, rounds=2)
     assert 0 < ratio < 100
     for variable, value in zip(trainer.variables, before):
         np.testing.assert_array_equal(variable.numpy(), value)
@@ -203,13 +205,12 @@ def test_training_images_resident_on_the_device_train_exactly_as_the_stream():
     dataset = synthetic_dataset()
     runs = []
     for resident in (False, True):
-        datasets = make_datasets(dataset, config, start_step=7, resident=resident)
-        trainer = Trainer(ConvNet(seed=3), 0.05, shards=2)
-        trainer.make_batch = datasets.make_batch
-        block = trainer.train(iter(datasets.train), tf.constant(20))
+        datasets = make_datasets(data.book_split(dataset, config), config, resident=resident)
+        trainer = Trainer(ConvNet(seed=3), 0.05, shards=2, make_batch=datasets.make_batch)
+        block = trainer.train(iter(datasets.train(7)), tf.constant(20))
         runs.append((float(block.loss), [w.numpy() for w in trainer.model.weights]))
     streamed, resident = runs
-    assert datasets.train.element_spec == tf.TensorSpec([32], tf.int32)  # indices only
+    assert datasets.train().element_spec == tf.TensorSpec([32], tf.int32)  # indices only
     # The same batches and steps; inside one graph, the gather may fuse with the step's ops
     # and round differently in the last bit.
     assert resident[0] == pytest.approx(streamed[0], rel=1e-6)

@@ -1,0 +1,204 @@
+"""The outer loop of a run: blocks of compiled steps, and between them everything that needs
+the host (epoch ends, validation, checkpoints, summaries, progress, signals, divergence)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from fastconv import progress
+from fastconv.checkpoints import Checkpoints
+from fastconv.config import TrainConfig
+from fastconv.interruption import Interrupted, StopRequests
+from fastconv.pipeline import Datasets
+from fastconv.profiling import Profiler
+from fastconv.summaries import Summaries
+from fastconv.trainer import Trainer
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss, or a weight, stopped being a finite number."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float
+    images_per_second: float
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What the run loop carries from block to block besides the trainer; saved with it.
+
+    The sums are over the steps of the current epoch, so a run resumed mid-epoch reports
+    the same epoch means as the run it continues.
+    """
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+    history: list[EpochResult] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, state: dict) -> LoopState:
+        history = [EpochResult(**epoch) for epoch in state.pop("history")]
+        return cls(**state, history=history)
+
+
+class RunLoop:
+    """Trains up to `config.epochs` in blocks of compiled steps, answering between blocks."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        trainer: Trainer,
+        datasets: Datasets,
+        state: LoopState,
+        checkpoints: Checkpoints | None,
+        summaries: Summaries | None,
+        log: Callable[[str], None],
+        live: bool,
+    ):
+        self.config, self.trainer, self.datasets, self.state = config, trainer, datasets, state
+        self.checkpoints, self.summaries, self.log = checkpoints, summaries, log
+        self.steps_per_epoch = datasets.steps_per_epoch
+        block_steps = config.steps_per_call or (
+            progress.live_block_steps(self.steps_per_epoch) if live else self.steps_per_epoch
+        )
+        self.steps_per_call = min(block_steps, self.steps_per_epoch)
+        self.bar = progress.EpochBar(self.steps_per_epoch) if live else None
+        self.profiler = Profiler(config.logdir, config.profile_steps)
+        self.checkpoint = checkpoints.latest if checkpoints else None
+        self.saved = False  # whether the last block ended with a checkpoint
+
+    def train(self) -> None:
+        """Trains up to `config.epochs`; raises TrainingDiverged or Interrupted."""
+        # The data order is a function of the step: a resumed run goes on where it stopped.
+        iterator = iter(self.datasets.train(self.trainer.steps_done))
+        total_steps = self.config.epochs * self.steps_per_epoch
+        try:
+            with StopRequests() as requests:
+                # The trainer's step counter is the loop's position: read between blocks only.
+                while (step := self.trainer.steps_done) < total_steps:
+                    self.train_block(iterator, step)
+                    self.answer(requests)
+        finally:
+            self.profiler.stop()
+
+    def train_block(self, iterator, step: int) -> None:
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        num_steps = min(self.steps_per_call, self.steps_per_epoch - step_in_epoch)
+        num_steps = self.profiler.block_length(step, num_steps)
+        start = time.perf_counter()
+        with self.profiler.block(step):
+            block = self.trainer.train(iterator, tf.constant(num_steps)).fetch()
+        seconds = time.perf_counter() - start
+        if not block.finite:
+            what = (
+                f"the loss became {block.loss}"
+                if not math.isfinite(block.loss)
+                else "a weight became non-finite"
+            )
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch + 1} at step "
+                f"{step_in_epoch + block.steps} of {self.steps_per_epoch}: {what}; "
+                f"{_kept(self.checkpoint)}; lower --learning-rate "
+                f"(now {self.config.learning_rate})"
+            )
+        state = self.state
+        state.loss_sum += block.loss_sum
+        state.correct += block.correct
+        state.epoch_seconds += seconds
+        state.train_seconds += seconds
+        self.saved = False
+        done = step_in_epoch + num_steps
+        if done < self.steps_per_epoch:
+            if self.bar:
+                self.bar.update(done, block.loss, num_steps * self.config.batch_size / seconds)
+            return
+        self.finish_epoch(epoch + 1)
+        self.save()
+
+    def finish_epoch(self, epoch: int) -> None:
+        """Evaluates on the validation set, appends the epoch to the history and reports it."""
+        config, state = self.config, self.state
+        val_loss, val_accuracy = (float(v) for v in self.trainer.evaluate(self.datasets.validation))
+        result = EpochResult(
+            epoch,
+            state.loss_sum / self.steps_per_epoch,
+            state.correct / self.datasets.images_per_epoch,
+            val_loss,
+            val_accuracy,
+            state.epoch_seconds,
+            self.datasets.images_per_epoch / state.epoch_seconds,
+        )
+        state.history.append(result)
+        state.loss_sum = state.epoch_seconds = 0.0
+        state.correct = 0
+        if self.bar:
+            self.bar.clear()
+        self.log(
+            f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  "
+            f"loss {result.train_loss:.4f}  acc {result.train_accuracy:.4f} | "
+            f"val loss {val_loss:.4f}  acc {val_accuracy:.4f} | "
+            f"{result.seconds:.2f} s  {result.images_per_second:,.0f} img/s"
+        )
+        if self.summaries:
+            self.summaries.epoch(result, config.learning_rate)
+
+    def save(self) -> None:
+        if self.checkpoints:
+            self.checkpoint = self.checkpoints.save(self.state.to_json())
+            self.saved = True
+
+    def answer(self, requests: StopRequests) -> None:
+        """Saves on SIGUSR1; saves and stops on SIGINT or SIGTERM."""
+        if requests.save_requested and not self.saved:
+            self.save()
+            self.log(f"saved {self.checkpoint} (SIGUSR1)")
+        requests.save_requested = False
+        if requests.stop_signal is None:
+            return
+        if not self.saved:
+            self.save()
+        message = _interrupted_message(
+            requests.stop_signal, self.trainer.steps_done, self.steps_per_epoch
+        )
+        if self.checkpoint:
+            message += (
+                f"; saved {self.checkpoint}; resume with: python scripts/train.py "
+                f"--logdir {self.config.logdir} --resume"
+            )
+        else:
+            message += "; no --logdir, so nothing was saved"
+        raise Interrupted(requests.stop_signal, message)
+
+
+def _kept(checkpoint: str | None) -> str:
+    if checkpoint:
+        return f"the last good checkpoint, {checkpoint}, is kept"
+    return "no checkpoint had been saved"
+
+
+def _interrupted_message(signal_number: int, step: int, steps_per_epoch: int) -> str:
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    where = (
+        f"after epoch {epoch}"
+        if step_in_epoch == 0
+        else f"in epoch {epoch + 1} after step {step_in_epoch} of {steps_per_epoch}"
+    )
+    return f"interrupted by {signal.Signals(signal_number).name} {where}"
