@@ -105,7 +105,10 @@ class RunLoop:
         num_steps = self.profiler.block_length(step, num_steps)
         start = time.perf_counter()
         with self.profiler.block(step):
-            block = self.trainer.train(iterator, tf.constant(num_steps)).fetch()
+            if self.profiler.traces(step):
+                block = self.trainer.train_one_step(iterator).fetch()
+            else:
+                block = self.trainer.train(iterator, tf.constant(num_steps)).fetch()
         seconds = time.perf_counter() - start
         if not block.finite:
             what = (

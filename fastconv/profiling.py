@@ -1,9 +1,12 @@
 """`--profile-steps START,STOP`: a TensorBoard profiler trace of those training steps.
 
-Steps are counted from 1 over the whole run. Inside the window each step runs as a block of
-its own, wrapped in `tf.profiler.experimental.Trace("train", step_num=...)` with the data
-fetch inside it (the compiled loop pulls its batch), so TensorBoard's Profile tab finds the
-step markers and breaks each step's time down. Outside the window blocks run as usual.
+Steps are counted from 1 over the whole run. Inside the window each step runs on its own,
+through the trainer's loop-free one-step function (xprof groups a marker's events into a
+step only when the traced graph holds no while loop), wrapped in
+`tf.profiler.experimental.Trace("train", step_num=...)` with the data fetch inside it, so
+TensorBoard's Profile tab finds the steps and breaks each one's time down. The trace runs
+from one step before the window to one step after it, because xprof leaves out the steps at
+a trace's edges when it can't tell that they are whole. Outside it blocks run as usual.
 The trace lands in <logdir>/plugins/profile/<time>/, where the Profile tab looks.
 """
 
@@ -19,7 +22,9 @@ class Profiler:
 
     def __init__(self, logdir: str | None, steps: tuple[int, int] | None):
         self.logdir = logdir
-        self.first, self.last = steps if steps and logdir else (None, None)
+        self.first, self.last = None, None  # the steps traced: the window and a step each side
+        if steps and logdir:
+            self.first, self.last = max(1, steps[0] - 1), steps[1] + 1
         self.active = False
 
     def block_length(self, step: int, num_steps: int) -> int:
@@ -30,10 +35,14 @@ class Profiler:
             return 1
         return min(num_steps, self.first - 1 - step)  # stop just before the window
 
+    def traces(self, step: int) -> bool:
+        """Whether the step after `step` steps done is traced."""
+        return self.first is not None and self.first <= step + 1 <= self.last
+
     @contextlib.contextmanager
     def block(self, step: int):
-        """Runs the block that follows `step` steps done: traced when it lies in the window."""
-        if self.first is None or not self.first <= step + 1 <= self.last:
+        """Runs the block that follows `step` steps done, traced when `traces(step)`."""
+        if not self.traces(step):
             yield
             return
         if not self.active:

@@ -112,7 +112,7 @@ def _run(config, placement: Placement, split: data.BookSplit, log, resume, live_
         f"compiling ({'XLA' if config.xla else 'graph'}, {placement.precision}, "
         f"{placement.shards} shard(s) per step, {runtime.describe_threads()})..."
     )
-    compile_seconds = compile_trainer(trainer, datasets)
+    compile_seconds = compile_trainer(trainer, datasets, config.profile_steps is not None)
     log(f"compiled in {compile_seconds:.2f} s")
     xla_ratio = None
     if config.xla and not placement.on_gpu and not placement.strategy:
@@ -152,14 +152,18 @@ def _run(config, placement: Placement, split: data.BookSplit, log, resume, live_
     return result
 
 
-def compile_trainer(trainer: Trainer, datasets: Datasets) -> float:
+def compile_trainer(trainer: Trainer, datasets: Datasets, profiled: bool = False) -> float:
     """Traces and compiles the training and evaluation functions; returns the seconds spent.
 
-    One real step compiles the training loop; its changes are undone, so the run that
-    follows is exactly the run without this warm-up.
+    One real step compiles the training loop (and, for a `profiled` run, the one-step
+    function the profiled steps run, so no trace lands in the window); its changes are
+    undone, so the run that follows is exactly the run without this warm-up.
     """
     start = time.perf_counter()
     with trainer.state_restored():
-        trainer.train(iter(datasets.train()), tf.constant(1))
+        iterator = iter(datasets.train())
+        trainer.train(iterator, tf.constant(1))
+        if profiled:
+            trainer.train_one_step(iterator)
         trainer.evaluate(datasets.validation.take(1))
     return time.perf_counter() - start

@@ -1,8 +1,10 @@
-"""TensorBoard event files of a run: `train/`, `validation/` and `test/` in the run folder.
+"""TensorBoard event files of a run: the run folder itself, `train/`, `validation/`, `test/`.
 
+    ./           the configuration as hparams: the HParams session of the run, whose metric
+                 columns are the scalars of the three folders below
     train/       batch_loss every --log-every steps (written by the compiled loop itself),
                  epoch_loss, epoch_accuracy, images_per_second, learning_rate per epoch,
-                 the configuration as hparams, the graph of one training step
+                 the graph of one training step
     validation/  epoch_loss, epoch_accuracy per epoch
     test/        loss, accuracy and the confusion matrix image, once at the end
 
@@ -21,21 +23,41 @@ from fastconv.model import IMAGE_SHAPE
 from fastconv.trainer import Trainer
 
 WRITERS = ("train", "validation", "test")
+# The HParams dashboard's metric columns: (folder, tag), each the last value of that scalar.
+METRICS = (
+    ("validation", "epoch_accuracy"),
+    ("validation", "epoch_loss"),
+    ("test", "accuracy"),
+    ("test", "loss"),
+    ("train", "epoch_accuracy"),
+    ("train", "epoch_loss"),
+)
 
 
 class Summaries:
-    """The run's three summary writers."""
+    """The run's summary writers: one per folder of `WRITERS`, and the session's own."""
 
     def __init__(self, logdir: Path):
         self.train, self.validation, self.test = (
             tf.summary.create_file_writer(str(Path(logdir) / name)) for name in WRITERS
         )
+        # The HParams session lives in the run folder itself: its metrics are looked up in
+        # the folders below it, so validation and test results become columns too (a session
+        # in train/ would see the training scalars alone).
+        self.session = tf.summary.create_file_writer(str(logdir))
 
     def hparams(self, config: dict, run_name: str) -> None:
         """The configuration as TensorBoard hparams (which take numbers, booleans and strings:
-        None becomes "none", a tuple "a,b")."""
+        None becomes "none", a tuple "a,b"), with `METRICS` as the metric columns."""
         values = {key: _hparam(value) for key, value in config.items()}
-        with self.train.as_default():
+        metrics = [
+            hparams_api.Metric(tag, group=folder, display_name=f"{tag} ({folder})")
+            for folder, tag in METRICS
+        ]
+        with self.session.as_default():
+            hparams_api.hparams_config(
+                hparams=[hparams_api.HParam(key) for key in values], metrics=metrics
+            )
             hparams_api.hparams(values, trial_id=run_name)
 
     def graph(self, trainer: Trainer, batch_size: int) -> None:
@@ -67,11 +89,11 @@ class Summaries:
             tf.summary.image("confusion_matrix", image[tf.newaxis], step=step)
 
     def flush(self) -> None:
-        for writer in (self.train, self.validation, self.test):
+        for writer in (self.train, self.validation, self.test, self.session):
             writer.flush()
 
     def close(self) -> None:
-        for writer in (self.train, self.validation, self.test):
+        for writer in (self.train, self.validation, self.test, self.session):
             writer.close()
 
 

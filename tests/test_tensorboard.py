@@ -8,7 +8,6 @@ import tensorflow as tf
 from helpers import synthetic_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
-from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from fastconv.config import TrainConfig
 from fastconv.profiling import Profiler
@@ -20,7 +19,7 @@ PROFILED = (20, 24)
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    logdir = tmp_path_factory.mktemp("run")
+    logdir = tmp_path_factory.mktemp("runs") / "book"  # as in runs/<name>
     config = TrainConfig(
         epochs=EPOCHS,
         batch_size=32,
@@ -71,9 +70,9 @@ def test_scalars_have_a_finite_point_per_epoch_and_per_logged_step(run):
 
 def test_hparams_and_graph_are_logged(run):
     logdir, _ = run
-    train = events(logdir, "train")
-    (session_start,) = train.Tensors("_hparams_/session_start_info")
-    metadata = train.SummaryMetadata("_hparams_/session_start_info")
+    session = events(logdir, ".")  # the HParams session is the run folder itself
+    (session_start,) = session.Tensors("_hparams_/session_start_info")
+    metadata = session.SummaryMetadata("_hparams_/session_start_info")
     plugin_data = plugin_data_pb2.HParamsPluginData.FromString(metadata.plugin_data.content)
     hparams = plugin_data.session_start_info.hparams
     assert hparams["batch_size"].number_value == 32
@@ -81,6 +80,7 @@ def test_hparams_and_graph_are_logged(run):
     assert hparams["precision"].string_value == "float32"
     assert hparams["profile_steps"].string_value == "20,24"
     assert session_start.step == 0
+    train = events(logdir, "train")
     graph = train.Graph()
     # The step's own ops, and those of the functions it calls (each shard's pass is one).
     nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
@@ -89,30 +89,53 @@ def test_hparams_and_graph_are_logged(run):
     assert "DepthwiseConv2dNative" in ops  # the conv, in the form a CPU runs fastest
 
 
-def test_profiler_trace_marks_each_profiled_step(run):
-    logdir, _ = run
+def profile_tool(logdir, tool: str):
+    """What the Profile tab shows: the profile plugin's own converter applied to the trace."""
+    from xprof.convert import raw_to_tool_data
+
     (trace,) = (logdir / "plugins" / "profile").glob("*/*.xplane.pb")
-    space = xplane_pb2.XSpace.FromString(trace.read_bytes())
-    marked = []
-    for plane in space.planes:
-        event_names = {key: meta.name for key, meta in plane.event_metadata.items()}
-        stat_names = {key: meta.name for key, meta in plane.stat_metadata.items()}
-        for line in plane.lines:
-            for event in line.events:
-                if event_names.get(event.metadata_id) == "train":
-                    stats = {stat_names[s.metadata_id]: s.int64_value for s in event.stats}
-                    marked.append(stats["step_num"])
-                    assert event.duration_ps > 0
-    assert sorted(marked) == list(range(PROFILED[0], PROFILED[1] + 1))
+    data, _ = raw_to_tool_data.xspace_to_tool_data([str(trace)], tool, {})
+    return json.loads(data)
+
+
+def test_profile_tab_overview_has_a_step_time_row_for_each_profiled_step(run):
+    logdir, _ = run
+    tables = profile_tool(logdir, "overview_page")
+    (step_table,) = (t for t in tables if "steptime_ms_average" in t.get("p", {}))
+    rows = {row["c"][0]["v"]: row["c"][-1]["v"] for row in step_table["rows"]}
+    profiled = [f"train {step}" for step in range(PROFILED[0], PROFILED[1] + 1)]
+    assert set(profiled) <= set(rows), rows  # and nothing says "No step marker observed"
+    assert all(rows[step] > 0 for step in profiled)  # each step's time, in ms
+    assert float(step_table["p"]["steptime_ms_average"]) > 0
+    assert "No step marker" not in json.dumps(tables)
+
+
+def test_profile_tab_trace_viewer_groups_each_steps_ops_under_it(run):
+    logdir, _ = run
+    trace = profile_tool(logdir, "trace_viewer")["traceEvents"]
+    step_groups = {
+        int(event["args"]["step_num"]): event["args"]["group_id"]
+        for event in trace
+        if event.get("name", "").startswith("train ") and "step_num" in event.get("args", {})
+    }
+    ops_by_group = {}
+    for event in trace:
+        group = event.get("args", {}).get("group_id")
+        ops_by_group.setdefault(group, set()).add(event.get("name"))
+    for step in range(PROFILED[0], PROFILED[1] + 1):
+        ops = ops_by_group[step_groups[step]]
+        assert {"SoftmaxCrossEntropyWithLogits", "_MklMatMul"} <= ops, (step, ops)
 
 
 def test_profiler_cuts_blocks_at_the_window():
     profiler = Profiler("logdir", (20, 24))
-    # Before the window, a block stops just short of it; inside, one step at a time.
+    # The trace runs from a step before the window to one after: xprof leaves out the steps
+    # at a trace's edges. Before it, a block stops just short of it; inside, one step at a time.
     assert profiler.block_length(0, 15) == 15
-    assert profiler.block_length(15, 15) == 4
-    assert [profiler.block_length(step, 15) for step in range(19, 24)] == [1] * 5
-    assert profiler.block_length(24, 15) == 15
+    assert profiler.block_length(15, 15) == 3
+    assert [profiler.block_length(step, 15) for step in range(18, 25)] == [1] * 7
+    assert [profiler.traces(step) for step in (17, 18, 24, 25)] == [False, True, True, False]
+    assert profiler.block_length(25, 15) == 15
     assert Profiler(None, (20, 24)).block_length(15, 15) == 15  # no run folder: no trace
 
 
@@ -144,3 +167,87 @@ def test_live_progress_draws_a_bar_with_loss_and_speed(capsys):
     bar = capsys.readouterr().out
     assert "loss:" in bar and "img/s:" in bar and "/15" in bar
     assert any(line.startswith("epoch 1/1") for line in lines)
+
+
+@pytest.fixture
+def tensorboard(run):
+    """`tensorboard --logdir runs`, as a user starts it, on a free local port."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    logdir, _ = run
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir.parent),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--reload_interval",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:  # until it answers (it starts in a few seconds), or fails the test
+            try:
+                urllib.request.urlopen(f"{url}/data/logdir", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "no tensorboard"
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def post_json(url: str, body: dict):
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_hparams_dashboard_lists_validation_and_test_results_as_metrics(run, tensorboard):
+    _, result = run
+    experiment = post_json(f"{tensorboard}/data/plugin/hparams/experiment", {"experimentName": ""})
+    columns = {(m["name"]["group"], m["name"]["tag"]) for m in experiment["metricInfos"]}
+    wanted = {
+        ("validation", "epoch_accuracy"): result.val_accuracy,
+        ("validation", "epoch_loss"): result.val_loss,
+        ("test", "accuracy"): result.test_accuracy,
+        ("test", "loss"): result.test_loss,
+    }
+    assert set(wanted) <= columns
+    groups = post_json(
+        f"{tensorboard}/data/plugin/hparams/session_groups",
+        {
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"],
+            "colParams": [],
+            "startIndex": 0,
+            "sliceSize": 10,
+        },
+    )["sessionGroups"]
+    (group,) = groups
+    assert group["name"] == "book" and group["hparams"]["batch_size"] == 32
+    values = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in group["metricValues"]}
+    for column, value in wanted.items():
+        assert values[column] == pytest.approx(value, rel=1e-6), column
