@@ -8,12 +8,12 @@ import pytest
 import tensorflow as tf
 from helpers import synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, run
+from fastconv import data, pipeline, run, xla_probe
 from fastconv.config import TrainConfig
 from fastconv.model import ConvNet, cross_entropy
 from fastconv.run import TrainingDiverged, compile_trainer, make_datasets, train_and_evaluate
 from fastconv.trainer import Trainer
-from fastconv.xla_probe import xla_speed_ratio
+from fastconv.xla_probe import block_seconds, xla_speed_ratio
 
 
 def batch(count=64, seed=0):
@@ -196,15 +196,27 @@ def test_loss_falls_on_real_data(fashion_mnist):
     assert val_accuracy > 0.7
 
 
-def test_xla_speed_probe_leaves_the_trainer_as_it_was():
+def test_xla_speed_probe_leaves_the_trainer_as_it_was(monkeypatch):
     dataset = synthetic_dataset()
     config = TrainConfig(batch_size=32, xla=True)
     datasets = make_datasets(dataset, config)
     trainer = Trainer(ConvNet(seed=2), 0.01, xla=True, shards=2)
     before = [v.numpy() for v in trainer.variables]
     trainer.make_batch = datasets.make_batch
+    timed = []  # (trainer, its step count after timing, its seconds), per trainer timed
+
+    def timed_block_seconds(timed_trainer, iterator, steps, rounds):
+        seconds = block_seconds(timed_trainer, iterator, steps, rounds)
+        timed.append((timed_trainer, timed_trainer.steps_done, seconds))
+        return seconds
+
+    monkeypatch.setattr(xla_probe, "block_seconds", timed_block_seconds)
     ratio = xla_speed_ratio(trainer, datasets.train, steps=3, rounds=2)
-    assert 0 < ratio < 100
+    (xla_trainer, xla_steps, xla_seconds), (twin, twin_steps, graph_seconds) = timed
+    assert xla_trainer is trainer
+    assert (twin.xla, twin.shards, twin.conv_form) == (False, 2, "batch_channels")  # a CPU's
+    assert xla_steps == twin_steps == 1 + 2 * 3  # a step that compiles, then 2 rounds of 3
+    assert ratio == graph_seconds / xla_seconds  # XLA's speed over graph mode's
     for variable, value in zip(trainer.variables, before):
         np.testing.assert_array_equal(variable.numpy(), value)
 
