@@ -1,5 +1,7 @@
 """Mixed precision: dtypes per policy, loss scaling, and what `auto` picks."""
 
+import platform
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -82,29 +84,43 @@ def test_loss_scaling_skips_a_step_with_infinite_gradients_and_lowers_the_scale(
 
 
 @pytest.mark.parametrize(
-    "device, expected",
+    "device, expected, because",
     [
-        (DeviceDescription("GPU", "H100", (9, 0)), "mixed_float16"),
-        (DeviceDescription("GPU", "V100", (7, 0)), "mixed_float16"),
-        (DeviceDescription("GPU", "P100", (6, 0)), "float32"),
+        (DeviceDescription("GPU", "H100", (9, 0)), "mixed_float16", "capability 9.0 has tensor"),
+        (DeviceDescription("GPU", "V100", (7, 0)), "mixed_float16", "capability 7.0 has tensor"),
+        (DeviceDescription("GPU", "P100", (6, 0)), "float32", "without float16 tensor cores"),
         (
             DeviceDescription("CPU", cpu_flags=frozenset({"avx512f", "avx512_bf16"})),
             "mixed_bfloat16",
+            "bfloat16 units (avx512_bf16)",
         ),
-        (DeviceDescription("CPU", cpu_flags=frozenset({"amx_bf16", "amx_tile"})), "mixed_bfloat16"),
-        (DeviceDescription("CPU", cpu_flags=frozenset({"avx2", "avx512f"})), "float32"),
+        (
+            DeviceDescription("CPU", cpu_flags=frozenset({"amx_bf16", "amx_tile"})),
+            "mixed_bfloat16",
+            "bfloat16 units (amx_bf16)",
+        ),
+        (
+            DeviceDescription("CPU", cpu_flags=frozenset({"avx2", "avx512f"})),
+            "float32",
+            "CPU without bfloat16 units",
+        ),
     ],
 )
-def test_auto_precision_by_device(device, expected):
+def test_auto_precision_by_device(device, expected, because):
     precision, reason = choose_precision(device)
     assert precision == expected
-    assert reason
+    assert because in reason  # the reason names what decided
 
 
 def test_this_machine_is_described():
+    """Follows this machine: its first GPU where it has one, else its CPU."""
     device = runtime.this_device()
-    assert device.kind in ("CPU", "GPU")
-    if device.kind == "CPU":
-        assert device.cpu_flags  # read from /proc/cpuinfo
+    if tf.config.list_physical_devices("GPU"):
+        assert device.kind == "GPU"
+        assert device.compute_capability >= (3, 5)  # the oldest TensorFlow runs on
+    else:
+        assert device.kind == "CPU"
+    if platform.machine() == "x86_64":  # every x86-64 CPU lists these in /proc/cpuinfo
+        assert {"fpu", "sse2"} <= runtime.this_device("/CPU:0").cpu_flags
     # The CPU named by --device cpu is described as a CPU, whatever GPUs the machine has.
     assert runtime.this_device("/CPU:0").kind == "CPU"
