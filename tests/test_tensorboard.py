@@ -9,7 +9,9 @@ from helpers import synthetic_dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
+from test_precision import CONV_OP_TYPES
 
+from fastconv import runtime
 from fastconv.config import TrainConfig
 from fastconv.profiling import Profiler
 from fastconv.run import train_and_evaluate
@@ -92,7 +94,8 @@ def test_hparams_and_graph_are_logged(run):
     nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
     ops = {node.op for node in nodes}
     assert {"MaxPool", "MatMul", "SoftmaxCrossEntropyWithLogits"} <= ops
-    assert "DepthwiseConv2dNative" in ops  # the conv, in the form a CPU runs fastest
+    # The conv in the form this machine's device runs fastest (a CPU's depthwise conv here).
+    assert CONV_OP_TYPES[runtime.conv_form(xla=False)] in ops
 
 
 def test_profiler_trace_marks_each_profiled_step(run):

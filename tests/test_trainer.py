@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from helpers import synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, run, xla_probe
+from fastconv import data, pipeline, run, runtime, xla_probe
 from fastconv.config import TrainConfig
 from fastconv.model import ConvNet, cross_entropy
 from fastconv.run import TrainingDiverged, compile_trainer, make_datasets, train_and_evaluate
@@ -150,7 +150,7 @@ def test_diverging_loss_stops_the_run_at_the_step_that_diverged():
     assert re.match(r"training diverged in epoch 1 at step \d+ of 15: the loss became nan", message)
     bad_step = int(re.match(r".* at step (\d+)", message).group(1))
     # The named step is the first bad one: the same steps one at a time stay finite before it.
-    trainer = Trainer(ConvNet(seed=42), 1e10, shards=2)
+    trainer = Trainer(ConvNet(seed=42), 1e10, shards=runtime.auto_shards(config.batch_size))
     datasets = make_datasets(synthetic_dataset(), config)
     iterator = iter(datasets.train)
     for _ in range(bad_step - 1):
@@ -222,7 +222,8 @@ def test_xla_speed_probe_leaves_the_trainer_as_it_was(monkeypatch):
 
 
 def test_training_images_resident_on_the_device_train_exactly_as_the_stream():
-    """The GPU path (images kept on the device, batches gathered in the loop) run on the CPU."""
+    """The GPU path (images kept on the device, batches gathered in the loop), run on this
+    machine's device: the CPU where TensorFlow sees no GPU, as on this project's machines."""
     config = TrainConfig(batch_size=32)
     dataset = synthetic_dataset()
     runs = []
