@@ -44,11 +44,14 @@ class ConvolutionNetwork:
         self.val_losses = []
         self.model = None
         self.trainer = None
+        # Drawn by `fit`: it fixes the initial weights (`ConvNet(seed=...)`) and each epoch's
+        # batch order (`pipeline.epoch_order`), so a fit can be replayed elsewhere.
+        self.seed = None
 
     def fit(self, x, y, epochs=100, x_val=None, y_val=None):
         """Initializes the weights and an SGD optimizer, then trains for `epochs` epochs."""
         images, labels = _as_images(x), _as_labels(y, "y")
-        seed = int(np.random.randint(2**31 - 1))
+        self.seed = seed = int(np.random.randint(2**31 - 1))
         config = TrainConfig(
             n_kernels=self.n_kernels,
             units=self.units,

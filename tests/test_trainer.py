@@ -8,14 +8,14 @@ import pytest
 import tensorflow as tf
 from helpers import synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, runtime
+from fastconv import data, pipeline, run, runtime, xla_probe
 from fastconv.config import TrainConfig
 from fastconv.loop import TrainingDiverged
 from fastconv.model import ConvNet, cross_entropy
 from fastconv.pipeline import make_datasets
-from fastconv.run import train_and_evaluate
+from fastconv.run import compile_trainer, train_and_evaluate
 from fastconv.trainer import Trainer, make_trainer
-from fastconv.xla_probe import xla_speed_ratio
+from fastconv.xla_probe import block_seconds, xla_speed_ratio
 
 
 def batch(count=64, seed=0):
@@ -110,20 +110,32 @@ def test_nothing_retraces_after_the_first_epoch(xla):
     assert trainer.trace_count() == traced
 
 
-def test_compile_warm_up_leaves_no_trace_in_the_run():
-    """A run's result does not depend on the warm-up step that compiles it."""
+def test_compile_warm_up_leaves_no_trace_in_the_run(monkeypatch):
+    """A run with the warm-up step that compiles it ends bit for bit as a run without one."""
     config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, seed=9)
     dataset = synthetic_dataset()
-    first = train_and_evaluate(config, dataset, log=lambda line: None)
-    second = train_and_evaluate(config, dataset, log=lambda line: None)
-    assert len(first.history) == 2
-    assert first.trainer.optimizer.iterations.numpy() == 2 * (480 // 32)
-    for a, b in zip(first.trainer.model.weights, second.trainer.model.weights):
+    warm_ups = []
+
+    def counted_warm_up(trainer, datasets, profiled=False):
+        warm_ups.append(trainer.steps_done)
+        return compile_trainer(trainer, datasets, profiled)
+
+    monkeypatch.setattr(run, "compile_trainer", counted_warm_up)
+    warmed = train_and_evaluate(config, dataset, log=lambda line: None)
+    assert warm_ups == [0]  # the run did warm up, before its first step
+    # Without the warm-up, the first block compiles the loop as it runs.
+    monkeypatch.setattr(run, "compile_trainer", lambda trainer, datasets, profiled=False: 0.0)
+    cold = train_and_evaluate(config, dataset, log=lambda line: None)
+    assert warm_ups == [0]
+    assert warmed.trainer.optimizer.iterations.numpy() == 2 * (480 // 32)
+    assert warmed.trainer.steps_done == cold.trainer.steps_done
+    for a, b in zip(warmed.trainer.variables, cold.trainer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert first.history == [
-        dataclasses.replace(e, seconds=f.seconds, images_per_second=f.images_per_second)
-        for e, f in zip(second.history, first.history)
+    timings = ("seconds", "images_per_second")
+    assert [dataclasses.replace(e, **dict.fromkeys(timings, 0)) for e in warmed.history] == [
+        dataclasses.replace(e, **dict.fromkeys(timings, 0)) for e in cold.history
     ]
+    assert (warmed.test_loss, warmed.test_accuracy) == (cold.test_loss, cold.test_accuracy)
 
 
 def test_blocks_of_steps_cover_the_epoch():
@@ -140,7 +152,8 @@ def test_diverging_loss_stops_the_run_at_the_step_that_diverged():
     assert re.match(r"training diverged in epoch 1 at step \d+ of 15: the loss became nan", message)
     bad_step = int(re.match(r".* at step (\d+)", message).group(1))
     # The named step is the first bad one: the same steps one at a time stay finite before it.
-    trainer = Trainer(ConvNet(seed=42), 1e10, shards=2)
+    placement = runtime.place(config)
+    trainer = Trainer(ConvNet(seed=42), 1e10, shards=placement.shards)
     datasets = make_datasets(data.book_split(synthetic_dataset(), config), config)
     iterator = iter(datasets.train())
     for _ in range(bad_step - 1):
@@ -186,21 +199,34 @@ def test_loss_falls_on_real_data(fashion_mnist):
     assert val_accuracy > 0.7
 
 
-def test_xla_speed_probe_leaves_the_trainer_as_it_was():
+def test_xla_speed_probe_leaves_the_trainer_as_it_was(monkeypatch):
     dataset = synthetic_dataset()
     config = TrainConfig(batch_size=32, xla=True)
     datasets = make_datasets(data.book_split(dataset, config), config, resident=True)
     placement = runtime.place(config)
     trainer = make_trainer(config, placement, datasets.make_batch)
     before = [v.numpy() for v in trainer.variables]
+    timed = []  # (trainer, its step count after timing, its seconds), per trainer timed
+
+    def timed_block_seconds(timed_trainer, iterator, steps, rounds):
+        seconds = block_seconds(timed_trainer, iterator, steps, rounds)
+        timed.append((timed_trainer, timed_trainer.steps_done, seconds))
+        return seconds
+
+    monkeypatch.setattr(xla_probe, "block_seconds", timed_block_seconds)
     ratio = xla_speed_ratio(trainer, datasets.train(), config, placement, steps=3, rounds=2)
-    assert 0 < ratio < 100
+    (xla_trainer, xla_steps, xla_seconds), (twin, twin_steps, graph_seconds) = timed
+    assert xla_trainer is trainer
+    assert (twin.xla, twin.shards, twin.conv_form) == (False, 2, "batch_channels")  # a CPU's
+    assert xla_steps == twin_steps == 1 + 2 * 3  # a step that compiles, then 2 rounds of 3
+    assert ratio == graph_seconds / xla_seconds  # XLA's speed over graph mode's
     for variable, value in zip(trainer.variables, before):
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
 def test_training_images_resident_on_the_device_train_exactly_as_the_stream():
-    """The GPU path (images kept on the device, batches gathered in the loop) run on the CPU."""
+    """The GPU path (images kept on the device, batches gathered in the loop), run on this
+    machine's device: the CPU where TensorFlow sees no GPU, as on this project's machines."""
     config = TrainConfig(batch_size=32)
     dataset = synthetic_dataset()
     runs = []
