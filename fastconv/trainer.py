@@ -142,7 +142,8 @@ class Trainer:
 
     def learning_rate(self) -> float:
         """The learning rate of the next step, read on the host."""
-        return float(self.optimizer.learning_rate)
+        # A tensor first: under a strategy the rate is a mirrored variable's value.
+        return float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
 
     def forpass(self, images):
         """Logits of the images as the trainer evaluates, predicts and exports them: the
