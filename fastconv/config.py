@@ -108,7 +108,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "learning_rate": 0.005,
         "optimizer": "adam",
         "schedule": "onecycle",
-        "warmup_epochs": 2,
+        "warmup_epochs": 2.0,
         "label_smoothing": 0.1,
         "augment": True,
         "tta": True,
@@ -144,6 +144,8 @@ class TrainConfig:
     """Everything a training run needs; the defaults reproduce the book's run (chapter 08-4).
 
     Each field's `Flag` (in its metadata) documents it; `--help` prints the same text.
+    `recipe` only records which of `RECIPES` the settings started from: `from_recipe` builds
+    a configuration from a recipe's settings.
     """
 
     recipe: str = setting(
@@ -333,9 +335,10 @@ class TrainConfig:
                 "warmup_epochs", self.warmup_epochs, "needs --schedule cosine or onecycle"
             )
         if self.warmup_epochs >= self.epochs and self.schedule != "constant":
-            raise ConfigError.invalid(
-                "warmup_epochs", self.warmup_epochs, f"must be less than epochs={self.epochs}"
-            )
+            requirement = f"must be less than epochs={self.epochs}"
+            if "warmup_epochs" in RECIPES[self.recipe]:
+                requirement += f" (--recipe {self.recipe} sets it: give a smaller --warmup-epochs)"
+            raise ConfigError.invalid("warmup_epochs", self.warmup_epochs, requirement)
 
     @classmethod
     def from_recipe(cls, recipe: str = "book", **settings) -> TrainConfig:

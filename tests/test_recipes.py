@@ -50,6 +50,15 @@ def test_the_fast_recipe_sets_its_settings_and_flags_override_them():
         TrainConfig.from_recipe("quick")
 
 
+def test_a_run_too_short_for_the_recipes_warmup_says_which_flag_to_give(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--recipe", "fast", "--epochs", "2"])
+    assert (
+        "argument --warmup-epochs: 2.0 must be less than epochs=2 (--recipe fast sets it: "
+        "give a smaller --warmup-epochs)"
+    ) in capsys.readouterr().err
+
+
 def test_help_lists_what_each_recipe_sets():
     text = " ".join(cli.build_parser().format_help().split())
     for name in RECIPES:
