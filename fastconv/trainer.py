@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy, fastest_conv_form
+from fastconv.pipeline import EVALUATION_SET_SPEC, EvaluationSet
 
 if TYPE_CHECKING:
     from fastconv.config import TrainConfig
@@ -45,6 +46,15 @@ class Block(NamedTuple):
         each of them exactly (the counts stay far below 2**53)."""
         steps, loss_sum, correct, finite = tf.stack([tf.cast(t, tf.float64) for t in self]).numpy()
         return BlockResult(int(steps), float(loss_sum), int(correct), bool(finite))
+
+
+class Evaluation(NamedTuple):
+    """What `Trainer.evaluate` returns: the mean loss, the accuracy, and the confusion matrix
+    (counts of true class by predicted class, float32: exact far beyond these counts)."""
+
+    loss: tf.Tensor
+    accuracy: tf.Tensor
+    confusion: tf.Tensor
 
 
 class BlockResult(NamedTuple):
@@ -137,7 +147,7 @@ class Trainer:
         )
         self.train = tf.function(self._train)
         self.train_one_step = tf.function(self._train_one_step)
-        self.evaluate = tf.function(self._evaluate)
+        self.evaluate = tf.function(self._evaluate, input_signature=[EVALUATION_SET_SPEC])
 
     @property
     def variables(self) -> list[tf.Variable]:
@@ -196,10 +206,18 @@ class Trainer:
         return loss, tape.gradient(scaled_loss, self.model.weights), _count_correct(targets, logits)
 
     def _eval_step(self, images, targets):
-        """Sum of losses and number of correct predictions on a batch of any size."""
+        """Sum of losses and the confusion matrix (true class, predicted class) on a batch
+        of any size; rows without a target (padding) count in neither."""
         logits = self._sharded_forpass(images)
         losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-        return tf.reduce_sum(losses), _count_correct(targets, logits)
+        confusion = tf.math.confusion_matrix(
+            tf.argmax(targets, axis=1),
+            tf.argmax(logits, axis=1),
+            num_classes=targets.shape[-1],
+            weights=tf.reduce_max(targets, axis=1),
+            dtype=tf.float32,
+        )
+        return tf.reduce_sum(losses), confusion
 
     def _sharded_forpass(self, images):
         """The logits of a batch whose size may be unknown when traced, computed in shards.
@@ -288,18 +306,20 @@ class Trainer:
     def _weights_finite(self):
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.model.weights])
 
-    def _evaluate(self, dataset):
-        """Mean loss and accuracy over every batch of `dataset`, in one call."""
+    def _evaluate(self, evaluation: EvaluationSet) -> Evaluation:
+        """Mean loss, accuracy and the confusion matrix over every image of `evaluation`, in
+        one call."""
         loss_sum = tf.constant(0.0)
-        correct = tf.constant(0, tf.int64)
-        count = tf.constant(0, tf.int64)
-        for images, targets in dataset:
-            batch_loss, batch_correct = self.eval_step(images, targets)
+        classes = evaluation.targets.shape[-1]
+        confusion = tf.zeros([classes, classes])
+        for i in tf.range(tf.shape(evaluation.images)[0]):
+            batch_loss, batch_confusion = self.eval_step(
+                evaluation.images[i], evaluation.targets[i]
+            )
             loss_sum += batch_loss
-            correct += batch_correct
-            count += tf.shape(images, out_type=tf.int64)[0]
-        count = tf.cast(count, tf.float32)
-        return loss_sum / count, tf.cast(correct, tf.float32) / count
+            confusion += batch_confusion
+        count = tf.reduce_sum(confusion)  # the images; the padding has no target
+        return Evaluation(loss_sum / count, tf.linalg.trace(confusion) / count, confusion)
 
     def trace_count(self) -> int:
         """How many times the compiled functions were traced (a retrace adds one)."""
@@ -316,8 +336,9 @@ class Trainer:
 
 
 def _count_correct(targets, logits):
+    """Correct predictions among the rows with a target (an evaluation's padding has none)."""
     hits = tf.equal(tf.argmax(logits, axis=1), tf.argmax(targets, axis=1))
-    return tf.reduce_sum(tf.cast(hits, tf.int64))
+    return tf.reduce_sum(tf.cast(hits & (tf.reduce_max(targets, axis=1) > 0), tf.int64))
 
 
 def make_trainer(
