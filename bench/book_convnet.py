@@ -60,12 +60,11 @@ class ConvolutionNetwork:
             # validation loss
             self.val_losses.append(self.get_loss(x_val, y_val))
 
-    def train_epoch(self, x, y, max_batches=None):
-        """The body of the book's epoch loop (split out so bench/ can time part of an epoch)."""
+    def train_epoch(self, x, y):
+        """The body of the book's epoch loop (split out so bench/ can time each epoch apart
+        from its validation loss)."""
         batch_losses = []
-        for i, (x_batch, y_batch) in enumerate(self.gen_batch(x, y)):
-            if max_batches is not None and i == max_batches:
-                break
+        for x_batch, y_batch in self.gen_batch(x, y):
             self.training(x_batch, y_batch)
             # record the batch loss
             batch_losses.append(self.get_loss(x_batch, y_batch))

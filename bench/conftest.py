@@ -13,23 +13,36 @@ from worker import Worker
 _rows: list[dict] = []
 
 
-@pytest.fixture(scope="session")
-def peer_worker():
-    """A peer's process: started at its first benchmark, kept for its later passes.
+class Workers:
+    """The peers' processes: each started at its peer's first benchmark and kept for its later
+    passes, then closed after its last, which frees its memory (and ends a Keras peer's fit).
 
     Only one runs a round at a time (the others wait on their pipe), so peers never share
-    the cores; each holds its data and compiled step (~7.5 GB for all of them here).
+    the cores.
     """
-    workers: dict[str, Worker] = {}
 
-    def worker_for(peer_name: str) -> Worker:
-        if peer_name not in workers:
-            workers[peer_name] = Worker(peer_name)
-        return workers[peer_name]
+    def __init__(self):
+        self._workers: dict[str, Worker] = {}
 
-    yield worker_for
-    for worker in workers.values():
-        worker.close()
+    def get(self, peer_name: str) -> Worker:
+        if peer_name not in self._workers:
+            self._workers[peer_name] = Worker(peer_name)
+        return self._workers[peer_name]
+
+    def close(self, peer_name: str) -> None:
+        if peer_name in self._workers:
+            self._workers.pop(peer_name).close()
+
+    def close_all(self) -> None:
+        for peer_name in list(self._workers):
+            self.close(peer_name)
+
+
+@pytest.fixture(scope="session")
+def peer_workers():
+    workers = Workers()
+    yield workers
+    workers.close_all()
 
 
 @pytest.fixture
@@ -38,6 +51,7 @@ def record():
     return _rows.append
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table: ours is the last word
 def pytest_terminal_summary(terminalreporter):
     if _rows:
         from fastconv.runtime import cpu_name

@@ -1,19 +1,73 @@
 """The trainers bench/ compares. Each is built and run inside its own worker process.
 
-A peer is set up once (data, weights, compilation), then runs rounds: a fixed number of
-steady-state training images, ending with a host read so asynchronous work is counted.
-The run goes through every peer PASSES times, `rounds` rounds each time (see conftest.py).
+A peer is set up once (data, weights, compilation), then runs rounds, each timed inside its
+worker with `time.perf_counter` and ending with a host read, so asynchronous work is counted:
+
+- fastconv: one epoch in one compiled call (`Trainer.train` of 375 steps), as a run does.
+- Keras: one epoch of ONE `model.fit(..., epochs=N)` call that lasts the whole benchmark, as
+  Keras users train. A callback stamps each epoch's start and end; at each epoch's start it
+  waits for the parent to ask for the next round, so the passes still interleave the peers,
+  and the fit's set-up (data adapter, iterator) is paid once, as in a user's run, not once
+  per round. N is exactly the rounds the schedule asks of the peer.
+- the book's eager class: one whole epoch as its `fit` runs it (a permutation of all 48,000
+  images, 375 steps, each step followed by its second forward pass, `get_loss`).
+- the matmul ceiling: a chain of ten 2048x2048 matmuls.
+
+The run goes through every peer PASSES times (see test_throughput.py). In each pass a peer
+joins, it runs an untimed round, then its timed rounds; slow peers warm up in their first
+pass only (`rewarm=False`) and join fewer passes.
+
+BENCH_SMOKE=1 shrinks the run to one pass of one timed round per peer, to check that every
+peer works (its figures mean nothing). BENCH_KERAS_THREADS=INTRAxINTER (for example 2x1) sets
+the thread pools of the Keras peers that do not name their own (default: TensorFlow's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import time
+from collections.abc import Callable
 
 BATCH_SIZE = 128  # the book's
+SMOKE = os.environ.get("BENCH_SMOKE", "") not in ("", "0")
 # This host has slow phases (memory-bound work ~0.6x for seconds to a minute). Going
 # through the peers five times, a round or two each, spreads every peer's rounds over the
 # whole run, so a slow phase costs each peer a round or two, not one peer all of its rounds.
-PASSES = 5
+PASSES = 1 if SMOKE else 5
+ALL_PASSES = tuple(range(1, PASSES + 1))
+KERAS_THREADS = os.environ.get("BENCH_KERAS_THREADS", "default")
+
+# What one round of each kind holds, as the table's legend and the JSON state it.
+_COMPILED_EPOCH = (
+    "one epoch in one compiled call: the gather of shuffled batches, 375 steps of 128, the "
+    "loss read back; fastconv's steps make one forward pass per batch"
+)
+_FIT_EPOCH = (
+    "one epoch inside one fit(epochs=N) call, from a callback's on_epoch_begin to its "
+    "on_epoch_end: Keras's shuffle, 375 steps of 128, the loss read back; not fit's set-up "
+    "(data adapter, iterator), paid once per call"
+)
+ROUNDS = {
+    "compiled epoch": _COMPILED_EPOCH,
+    "compiled epoch + val": _COMPILED_EPOCH + "; then the evaluation of the 12,000 validation "
+    "images (loss and accuracy read back), as a run does after each epoch",
+    "fit epoch": _FIT_EPOCH,
+    "fit epoch + val": _FIT_EPOCH + "; with the validation pass fit runs inside the epoch "
+    "over the 12,000 validation images (validation_data, accuracy metric)",
+    "book epoch": "one whole epoch as the book's fit runs it: a permutation copying all 48,000 "
+    "images, 375 eager steps, and after each step a SECOND forward pass (get_loss) that "
+    "fastconv's steps don't make; not the epoch's validation loss",
+    "matmuls": "a chain of ten 2048x2048 matmuls, the last result read back",
+}
+
+
+def _spread(count: int) -> tuple[int, ...]:
+    """`count` passes spread over the run, the first and the last among them."""
+    if count == 1 or PASSES == 1:
+        return (1,)
+    return tuple(sorted({1 + round(i * (PASSES - 1) / (count - 1)) for i in range(count)}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,37 +78,96 @@ class Peer:
     kind: str  # "book", "keras", "fastconv", "matmul"
     label: str
     options: dict = dataclasses.field(default_factory=dict)
-    rounds: int = 2  # timed rounds per pass, after one warm-up round
+    rounds: int = 2  # timed rounds in each pass the peer joins
+    passes: tuple[int, ...] = ALL_PASSES  # the passes it joins
+    rewarm: bool = True  # an untimed round in every pass it joins (False: its first only)
+
+    def warmup_rounds(self, pass_number: int) -> int:
+        return 1 if self.rewarm or pass_number == self.passes[0] else 0
+
+    def total_rounds(self) -> int:
+        """Every round the schedule asks of this peer, warm-up rounds included."""
+        return sum(self.warmup_rounds(n) + self.rounds for n in self.passes)
+
+    @property
+    def round(self) -> str:
+        """What one round is: a key of ROUNDS."""
+        validation = " + val" if self.options.get("validation") else ""
+        return {
+            "book": "book epoch",
+            "keras": "fit epoch" + validation,
+            "fastconv": "compiled epoch" + validation,
+            "matmul": "matmuls",
+        }[self.kind]
+
+
+def _keras_peer(name: str, label: str, **options) -> Peer:
+    options = {"steps_per_execution": 1, "jit_compile": False, **options}
+    if options["jit_compile"]:
+        # ~6,000 images/s, 8 s an epoch: one warm-up epoch, then one in each of two passes.
+        return Peer(name, "keras", label, options, rounds=1, passes=_spread(2), rewarm=False)
+    return Peer(name, "keras", label, options)
 
 
 PEERS = [
-    Peer("book_eager", "book", "the book's eager ConvolutionNetwork", {"batches": 100}, rounds=1),
+    # ~10 s an epoch: one warm-up epoch, then one in the first pass and one in the last.
+    Peer(
+        "book_eager",
+        "book",
+        "the book's eager ConvolutionNetwork (2 forward passes a batch)",
+        rounds=1,
+        passes=_spread(2),
+        rewarm=False,
+    ),
     # Keras fit swings between ~0.8 and ~1.3 s an epoch from round to round: the table gives
     # each peer's best round beside its median.
-    Peer(
-        "keras_fit",
-        "keras",
-        "Keras fit",
-        {"steps_per_execution": 1, "jit_compile": False},
+    _keras_peer("keras_fit", "Keras fit"),
+    _keras_peer("keras_fit_xla", "Keras fit, jit_compile", jit_compile=True),
+    _keras_peer("keras_fit_bf16", "Keras fit, mixed_bfloat16", precision="mixed_bfloat16"),
+    _keras_peer(
+        "keras_fit_bf16_xla",
+        "Keras fit, mixed_bfloat16, jit_compile",
+        precision="mixed_bfloat16",
+        jit_compile=True,
     ),
-    Peer(
-        "keras_fit_spe50",
-        "keras",
-        "Keras fit, steps_per_execution=50",
-        {"steps_per_execution": 50, "jit_compile": False},
-    ),
-    Peer(
+    _keras_peer("keras_fit_spe50", "Keras fit, spe 50", steps_per_execution=50),
+    _keras_peer(
         "keras_fit_spe50_xla",
-        "keras",
-        "Keras fit, steps_per_execution=50, jit_compile",
-        {"steps_per_execution": 50, "jit_compile": True},
-        rounds=1,
+        "Keras fit, spe 50, jit_compile",
+        steps_per_execution=50,
+        jit_compile=True,
     ),
-    Peer(
-        "keras_fit_spe50_bf16",
-        "keras",
-        "Keras fit, steps_per_execution=50, mixed_bfloat16",
-        {"steps_per_execution": 50, "jit_compile": False, "precision": "mixed_bfloat16"},
+    # Keras's fastest setting so far, in three thread settings; the best is Keras's best.
+    *(
+        _keras_peer(
+            f"keras_fit_spe50_bf16{suffix}",
+            f"Keras fit, spe 50, mixed_bfloat16{', threads ' + threads if suffix else ''}",
+            steps_per_execution=50,
+            precision="mixed_bfloat16",
+            threads=threads,
+        )
+        for suffix, threads in (("", "default"), ("_t2x1", "2x1"), ("_t1x2", "1x2"))
+    ),
+    _keras_peer(
+        "keras_fit_spe50_bf16_xla",
+        "Keras fit, spe 50, mixed_bfloat16, jit_compile",
+        steps_per_execution=50,
+        precision="mixed_bfloat16",
+        jit_compile=True,
+    ),
+    # With the validation pass each epoch, as the end-to-end run has it, on both sides.
+    _keras_peer(
+        "keras_fit_spe50_val",
+        "Keras fit + validation_data, spe 50",
+        steps_per_execution=50,
+        validation=True,
+    ),
+    _keras_peer(
+        "keras_fit_spe50_bf16_val",
+        "Keras fit + validation_data, spe 50, mixed_bfloat16",
+        steps_per_execution=50,
+        precision="mixed_bfloat16",
+        validation=True,
     ),
     Peer(
         "xla_naive",
@@ -89,56 +202,147 @@ PEERS = [
         "fastconv graph, mixed_bfloat16, batch 512",
         {"xla": False, "precision": "mixed_bfloat16", "batch_size": 512},
     ),
+    Peer(
+        "fastconv_val",
+        "fastconv",
+        "fastconv graph + validation",
+        {"xla": False, "validation": True},
+    ),
+    Peer(
+        "fastconv_bf16_val",
+        "fastconv",
+        "fastconv graph + validation, mixed_bfloat16",
+        {"xla": False, "precision": "mixed_bfloat16", "validation": True},
+    ),
     Peer("matmul_float32", "matmul", "2048x2048 matmul, float32", {"dtype": "float32"}),
     Peer("matmul_bfloat16", "matmul", "2048x2048 matmul, bfloat16", {"dtype": "bfloat16"}),
 ]
+if SMOKE:
+    PEERS = [dataclasses.replace(peer, rounds=1, passes=(1,)) for peer in PEERS]
 BY_NAME = {peer.name: peer for peer in PEERS}
 
 
-def build(peer: Peer):
-    """Sets up `peer` in this process; returns (run_round, work_per_round, details)."""
-    return {"book": _book, "keras": _keras, "fastconv": _fastconv, "matmul": _matmul}[peer.kind](
-        **peer.options
-    )
+class StopRounds(Exception):
+    """The parent wants no more rounds: a Keras peer leaves its fit early."""
 
 
-def _book_arrays():
-    """The book's split and arrays: x (N, 28, 28, 1) / 255 in float64, one-hot targets."""
+class Rounds:
+    """The worker's side of the round protocol, handed to a peer's `serve_rounds`."""
+
+    def __init__(self, wait: Callable[[], bool], done: Callable[[float], None]):
+        self.wait = wait  # blocks until the parent asks for a round (True) or stops (False)
+        self.done = done  # reports the round's seconds
+
+
+ServeRounds = Callable[[Rounds], None]
+
+
+def build(peer: Peer) -> tuple[ServeRounds, int, dict]:
+    """Sets up `peer` in this process; returns (serve_rounds, work_per_round, details).
+
+    `serve_rounds(rounds)` runs a round each time the parent asks and reports its seconds,
+    until the parent stops or the peer's rounds are all run.
+    """
+    if peer.kind == "keras":
+        serve_rounds, work, details = _keras(epochs=peer.total_rounds(), **peer.options)
+    else:
+        builder = {"book": _book, "fastconv": _fastconv, "matmul": _matmul}[peer.kind]
+        run_round, work, details = builder(**peer.options)
+        serve_rounds = _each_round(run_round)
+    details.setdefault("batch_size", BATCH_SIZE)
+    details.setdefault("precision", "float32")
+    details.setdefault("validation", bool(peer.options.get("validation")))
+    details["threads"] = _threads_in_use()  # one wording for every peer
+    details["round"] = peer.round
+    details["round_includes"] = ROUNDS[peer.round]
+    return serve_rounds, work, details
+
+
+def _each_round(run_round: Callable[[], None]) -> ServeRounds:
+    """Rounds timed around a call of `run_round`, which ends with a host read."""
+
+    def serve_rounds(rounds: Rounds) -> None:
+        while rounds.wait():
+            start = time.perf_counter()
+            run_round()
+            rounds.done(time.perf_counter() - start)
+
+    return serve_rounds
+
+
+def _threads_in_use() -> str:
+    import tensorflow as tf
+
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    if intra == inter == 0:
+        return "TF default"
+    return f"intra {intra or 'auto'}, inter {inter or 'auto'}"
+
+
+def _set_threads(threads: str) -> None:
+    """`threads`: "default" (TensorFlow's own pools) or "INTRAxINTER"; before the first op."""
+    if threads == "default":
+        return
+    import tensorflow as tf
+
+    intra, inter = (int(count) for count in threads.split("x"))
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+
+def _book_arrays(part: str = "train"):
+    """The book's split and arrays: x (N, 28, 28, 1) / 255 in float64, one-hot targets;
+    `part`: "train" or "validation"."""
     import numpy as np
 
     from fastconv import data
 
     dataset = data.load(download=False)
-    split = data.stratified_split(dataset.train_labels)
-    x = dataset.train_images[split.train].reshape(-1, 28, 28, 1) / 255
-    y = np.eye(10)[dataset.train_labels[split.train]]
+    indices = getattr(data.stratified_split(dataset.train_labels), part)
+    x = dataset.train_images[indices].reshape(-1, 28, 28, 1) / 255
+    y = np.eye(10)[dataset.train_labels[indices]]
     return x, y
 
 
-def _book(batches: int):
+def _book():
     import numpy as np
     import tensorflow as tf
     from book_convnet import ConvolutionNetwork
 
     x, y = _book_arrays()
     network = ConvolutionNetwork(n_kernels=10, units=100, batch_size=BATCH_SIZE, learning_rate=0.01)
-    # What the book's fit does before its epochs; bench/ then times part of an epoch.
+    # What the book's fit does before its epochs; its epoch loop then runs one epoch a round.
     network.init_weights(x.shape, 10)
     network.optimizer = tf.optimizers.SGD(learning_rate=network.lr)
     np.random.seed(0)
 
-    def run_round():
-        network.train_epoch(x, y, max_batches=batches)  # get_loss reads every batch back
+    def run_round():  # get_loss reads every batch's loss back
+        network.train_epoch(x, y)
 
-    return run_round, batches * BATCH_SIZE, {}
+    return run_round, len(x) // BATCH_SIZE * BATCH_SIZE, {}
 
 
-def _keras(steps_per_execution: int, jit_compile: bool, precision: str = "float32"):
+def _keras(
+    epochs: int,
+    steps_per_execution: int,
+    jit_compile: bool,
+    precision: str = "float32",
+    threads: str | None = None,
+    validation: bool = False,
+):
+    threads = threads or KERAS_THREADS
+    _set_threads(threads)  # before TensorFlow's first op
     import keras
 
     keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(42)
     x, y = _book_arrays()
     x = x.astype("float32")
+    validation_data = None
+    if validation:
+        x_val, y_val = _book_arrays("validation")
+        validation_data = (x_val.astype("float32"), y_val)
     model = keras.Sequential(
         [
             keras.Input((28, 28, 1)),
@@ -149,17 +353,55 @@ def _keras(steps_per_execution: int, jit_compile: bool, precision: str = "float3
             keras.layers.Dense(10),
         ]
     )
+    # Training reports the loss only (fastconv's steps also count correct predictions); the
+    # validation pass computes accuracy, as a user's fit with validation_data does.
+    metrics = ["accuracy"] if validation else []
     model.compile(
         optimizer=keras.optimizers.SGD(0.01),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=metrics,
         steps_per_execution=steps_per_execution,
         jit_compile=jit_compile,
     )
 
-    def run_round():  # one epoch: 375 batches of 128, reshuffled; fit returns when done
-        model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, shuffle=True, verbose=0)
+    class EpochRounds(keras.callbacks.Callback):
+        """Each epoch is a round: it starts when the parent asks and is stamped at both ends."""
 
-    return run_round, len(x) // BATCH_SIZE * BATCH_SIZE, {"precision": precision}
+        def __init__(self, rounds: Rounds):
+            super().__init__()
+            self.rounds = rounds
+            self.started = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if not self.rounds.wait():
+                raise StopRounds
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            # Keras has read the epoch's loss (and validation results) back to the host by now.
+            self.rounds.done(time.perf_counter() - self.started)
+
+    def serve_rounds(rounds: Rounds) -> None:
+        with contextlib.suppress(StopRounds):  # the parent stopped before the last epoch
+            model.fit(
+                x,
+                y,
+                batch_size=BATCH_SIZE,
+                epochs=epochs,
+                shuffle=True,
+                validation_data=validation_data,
+                callbacks=[EpochRounds(rounds)],
+                verbose=0,
+            )
+
+    details = {
+        "precision": precision,
+        "steps_per_execution": steps_per_execution,
+        "jit_compile": jit_compile,
+        "metrics": ",".join(metrics) or "loss only",
+        "fit_epochs": epochs,
+    }
+    return serve_rounds, len(x) // BATCH_SIZE * BATCH_SIZE, details
 
 
 def _fastconv(
@@ -169,6 +411,7 @@ def _fastconv(
     batch_size: int = BATCH_SIZE,
     precision: str = "float32",
     log_every: int | None = None,
+    validation: bool = False,
 ):
     import dataclasses
 
@@ -209,9 +452,12 @@ def _fastconv(
 
     def run_round():  # one epoch in one compiled call
         trainer.train(iterator, steps).fetch()  # host read: waits for the block
+        if validation:  # as the run's loop does after each epoch
+            float(trainer.evaluate(datasets.validation).accuracy)  # host read: waits
 
     details = {
         "shards": placement.shards,
+        "xla": xla,
         "threads": runtime.describe_threads(),
         "batch_size": batch_size,
         "precision": precision,
@@ -237,4 +483,4 @@ def _matmul(dtype: str, size: int = 2048, chain: int = 10):
     def run_round():
         chained().numpy()
 
-    return run_round, 2 * size**3 * chain, {"dtype": dtype}
+    return run_round, 2 * size**3 * chain, {"dtype": dtype, "precision": dtype}

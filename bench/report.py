@@ -1,5 +1,6 @@
 """The throughput table: images/s of every trainer, ratios to Keras and to the book, and the
-share of the measured matmul ceiling.
+share of the measured matmul ceiling; beside each row, what its rounds hold and the settings
+it ran with.
 
     pytest bench/ --benchmark-only                       # prints the table at the end
     pytest bench/ --benchmark-only --benchmark-json=bench.json && python bench/report.py bench.json
@@ -12,6 +13,11 @@ import statistics
 import sys
 
 from fastconv.model import training_flops_per_image
+
+BOOK_NOTE = (
+    "the book's rounds include its second forward pass per batch (get_loss, to record the "
+    "loss), which fastconv's and Keras's rounds don't"
+)
 
 
 def rows_from_json(path: str) -> tuple[list[dict], dict]:
@@ -41,37 +47,83 @@ def combined(rows: list[dict]) -> list[dict]:
     return list(by_peer.values())
 
 
+def configuration(row: dict) -> str:
+    """The settings a peer ran with, in a few words."""
+    kind = row["kind"]
+    parts = [row.get("precision", "float32")]
+    if kind != "matmul":
+        parts.append(f"batch {row.get('batch_size', 128)}")
+    if kind == "keras":
+        parts.append(f"spe {row.get('steps_per_execution', '?')}")
+        parts.append("jit_compile" if row.get("jit_compile") else "no jit")
+        if "metrics" in row:
+            parts.append(row["metrics"])
+    elif kind == "fastconv":
+        parts.append("XLA" if row.get("xla") else "graph")
+        if "shards" in row:
+            parts.append(f"{row['shards']} shard{'s' if row['shards'] != 1 else ''}")
+    elif kind == "book":
+        parts.append("eager")
+    if "threads" in row:
+        parts.append(f"threads {row['threads'].removeprefix('threads: ')}")
+    return ", ".join(parts)
+
+
 def format_table(rows: list[dict], machine: dict) -> str:
     rows = combined(rows)
     passes = max((r["passes"] for r in rows), default=0)
     training = [r for r in rows if "images_per_second" in r]
-    ceilings = {r["dtype"]: r["gflops"] for r in rows if "gflops" in r}
-    keras_best, book_speed = _best_of(training, "keras"), _best_of(training, "book")
+    ceilings = {r["dtype"]: r for r in rows if "gflops" in r}
+    book_speed = _best_of(training, "book")
     tensorflow = next((r["tensorflow"] for r in rows if "tensorflow" in r), "?")
+    width = max([len(r["label"]) for r in training] + [40])
     lines = [
         f"machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores | "
         f"TensorFlow {tensorflow} | batch 128 unless noted | "
         f"medians of each peer's rounds, {passes} passes through the peers",
-        f"{'trainer':52} {'images/s':>9} {'x Keras':>8} {'x book':>7} {'GFLOP/s':>8} "
-        f"{'% matmul':>8} {'best round':>10}  threads",
+        f"{'trainer':{width}} {'images/s':>9} {'x Keras':>8} {'x book':>7} {'GFLOP/s':>8} "
+        f"{'% matmul':>8} {'best round':>10}  {'round':20}  configuration",
     ]
-    for row in sorted(training, key=lambda r: r["images_per_second"]):
-        speed = row["images_per_second"]
-        gflops = speed * training_flops_per_image() / 1e9
-        ceiling = ceilings.get(row.get("precision", "float32").removeprefix("mixed_"))
+    sections = (
+        ("training only", [r for r in training if not r.get("validation")], book_speed),
+        ("with the validation pass after each epoch", _validated(training), None),
+    )
+    for title, section, book in sections:
+        if not section:
+            continue
+        lines.append(f"-- {title}")
+        keras_best = _best_of(section, "keras")
+        for row in sorted(section, key=lambda r: r["images_per_second"]):
+            speed = row["images_per_second"]
+            gflops = speed * training_flops_per_image() / 1e9
+            ceiling = ceilings.get(row.get("precision", "float32").removeprefix("mixed_"))
+            share = f"{100 * gflops / ceiling['gflops']:.0f}%" if ceiling else "-"
+            lines.append(
+                f"{row['label']:{width}} {speed:9,.0f} {_ratio(speed, keras_best):>8} "
+                f"{_ratio(speed, book):>7} {gflops:8.1f} {share:>8} "
+                f"{row['best_images_per_second']:10,.0f}  {row.get('round', '?'):20}  "
+                f"{configuration(row)}"
+            )
+    for dtype, row in sorted(ceilings.items()):
         lines.append(
-            f"{row['label']:52} {speed:9,.0f} {_ratio(speed, keras_best):>8} "
-            f"{_ratio(speed, book_speed):>7} {gflops:8.1f} "
-            f"{f'{100 * gflops / ceiling:.0f}%' if ceiling else '-':>8} "
-            f"{row['best_images_per_second']:10,.0f}  {row.get('threads', '')}"
+            f"ceiling: 2048x2048 matmul in {dtype}: {row['gflops']:,.0f} GFLOP/s "
+            f"({configuration(row)})"
         )
-    for dtype, gflops in sorted(ceilings.items()):
-        lines.append(f"ceiling: 2048x2048 matmul in {dtype}: {gflops:,.0f} GFLOP/s")
-    lines += _headline(training, keras_best, book_speed)
+    lines.append("what a round holds (images/s = 48,000 training images over its seconds):")
+    legend = {r["round"]: r.get("round_includes", "") for r in rows if "round" in r}
+    lines += [f"  {name}: {text}" for name, text in sorted(legend.items())]
+    lines.append(
+        "x Keras: against the fastest Keras fit peer of the same section; x book: against the "
+        f"book's eager class; {BOOK_NOTE}"
+    )
+    lines += _headline(training)
     best = [{**r, "images_per_second": r["best_images_per_second"]} for r in training]
-    keras_top, book_top = _best_of(best, "keras"), _best_of(best, "book")
-    lines += ["at each peer's best round:", *_headline(best, keras_top, book_top)[:2]]
+    lines += ["at each peer's best round:", *_headline(best)[:2]]
     return "\n".join(lines)
+
+
+def _validated(training: list[dict]) -> list[dict]:
+    return [r for r in training if r.get("validation")]
 
 
 def _best_of(training: list[dict], kind: str) -> float | None:
@@ -79,17 +131,36 @@ def _best_of(training: list[dict], kind: str) -> float | None:
     return max((r["images_per_second"] for r in training if r["kind"] == kind), default=None)
 
 
-def _headline(training: list[dict], keras_best: float | None, book_speed: float | None):
-    """The ratios the project promises, at the book's batch size of 128."""
+def _fastest_at_128(training: list[dict]) -> tuple[str | None, dict[str, float]]:
+    """The fastest fastconv peer at the book's batch size, and every peer's speed there."""
     at_128 = {
         r["peer"]: r["images_per_second"] for r in training if r.get("batch_size", 128) == 128
     }
     fastest = max((p for p in at_128 if p.startswith("fastconv")), key=at_128.get, default=None)
+    return fastest, at_128
+
+
+def _headline(training: list[dict]):
+    """The ratios the project promises, at the book's batch size of 128: training only, then
+    with the validation pass each epoch."""
+    only = [r for r in training if not r.get("validation")]
+    keras_best, book_speed = _best_of(only, "keras"), _best_of(only, "book")
+    fastest, at_128 = _fastest_at_128(only)
     lines = []
     if fastest:
         lines.append(
             f"fastest fastconv at batch 128 ({fastest}): {_ratio(at_128[fastest], keras_best)} "
-            f"Keras fit's best, {_ratio(at_128[fastest], book_speed)} the book's eager class"
+            f"Keras fit's best, {_ratio(at_128[fastest], book_speed)} the book's eager class "
+            f"(whose rounds make a second forward pass per batch){_named(only, keras_best)}"
+        )
+    validated = _validated(training)
+    fastest_val, at_128_val = _fastest_at_128(validated)
+    if fastest_val:
+        keras_val = _best_of(validated, "keras")
+        lines.append(
+            f"with validation each epoch, fastest fastconv ({fastest_val}): "
+            f"{_ratio(at_128_val[fastest_val], keras_val)} Keras fit's best with "
+            f"validation_data{_named(validated, keras_val)}"
         )
     if "fastconv_xla" in at_128:
         xla = at_128["fastconv_xla"]
@@ -104,6 +175,15 @@ def _headline(training: list[dict], keras_best: float | None, book_speed: float 
             f"({_ratio(at_128['fastconv_logging'], at_128.get('fastconv'))})"
         )
     return lines
+
+
+def _named(training: list[dict], speed: float | None) -> str:
+    """'; Keras fit's best: PEER, N images/s' for the Keras peer that ran at `speed`."""
+    peer = next(
+        (r["peer"] for r in training if r["kind"] == "keras" and r["images_per_second"] == speed),
+        None,
+    )
+    return f"; Keras fit's best: {peer}, {speed:,.0f} images/s" if peer else ""
 
 
 def _ratio(value: float, reference: float | None) -> str:

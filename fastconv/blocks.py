@@ -1,4 +1,5 @@
-"""What a block of compiled training steps returns, and its scalars once on the host."""
+"""What the trainer's compiled functions return: a block of training steps (and its scalars
+once on the host), an evaluation."""
 
 from __future__ import annotations
 
@@ -30,6 +31,15 @@ class Block(NamedTuple):
         each of them exactly (the counts stay far below 2**53)."""
         steps, loss_sum, correct, finite = tf.stack([tf.cast(t, tf.float64) for t in self]).numpy()
         return BlockResult(int(steps), float(loss_sum), int(correct), bool(finite))
+
+
+class Evaluation(NamedTuple):
+    """What `Trainer.evaluate` returns: the mean loss, the accuracy, and the confusion matrix
+    (counts of true class by predicted class, float32: exact far beyond these counts)."""
+
+    loss: tf.Tensor
+    accuracy: tf.Tensor
+    confusion: tf.Tensor
 
 
 class BlockResult(NamedTuple):

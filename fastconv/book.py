@@ -92,11 +92,10 @@ class ConvolutionNetwork:
 
     def get_loss(self, x, y):
         """Mean softmax cross-entropy of the network on (x, y), as a float."""
-        loss, _ = self.trainer.evaluate(self._evaluation_batches(x, y))
-        return float(loss)
+        return float(self.trainer.evaluate(self._evaluation_set(x, y)).loss)
 
-    def _evaluation_batches(self, x, y):
-        return pipeline.evaluation_batches(
+    def _evaluation_set(self, x, y):
+        return pipeline.evaluation_set(
             _as_images(x), _as_labels(y, "y_val"), _EVAL_BATCH_SIZE, pipeline.IDENTITY
         )
 

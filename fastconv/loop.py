@@ -139,7 +139,8 @@ class RunLoop:
     def finish_epoch(self, epoch: int) -> None:
         """Evaluates on the validation set, appends the epoch to the history and reports it."""
         config, state = self.config, self.state
-        val_loss, val_accuracy = (float(v) for v in self.trainer.evaluate(self.datasets.validation))
+        validation = self.trainer.evaluate(self.datasets.validation)
+        val_loss, val_accuracy = float(validation.loss), float(validation.accuracy)
         result = EpochResult(
             epoch,
             state.loss_sum / self.steps_per_epoch,

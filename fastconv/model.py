@@ -88,8 +88,11 @@ class ConvNet(tf.Module):
     __call__ = forpass
 
 
-def cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """The book's loss: mean softmax cross-entropy of one-hot targets and logits."""
+def cross_entropy(targets: tf.Tensor, logits: tf.Tensor, smoothing: float = 0.0) -> tf.Tensor:
+    """The book's loss: mean softmax cross-entropy of one-hot targets and logits. With
+    `smoothing`, the targets first give that share of their weight evenly to every class."""
+    if smoothing:
+        targets = targets * (1 - smoothing) + smoothing / NUM_CLASSES
     return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits))
 
 

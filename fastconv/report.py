@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from fastconv import data, figures, rundir
 from fastconv.config import TrainConfig
@@ -30,6 +29,8 @@ class RunResult:
     xla_speed_ratio: float | None  # XLA over graph-mode speed, probed on CPU runs with --xla
     trainer: Trainer = dataclasses.field(repr=False)
     checkpoint: str | None = None  # the last checkpoint saved (with a logdir)
+    # The test set's counts of (true class, predicted class).
+    test_confusion: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
 
 def write_results(
@@ -39,22 +40,12 @@ def write_results(
     rundir.write_json(logdir / rundir.METRICS, metrics(result, datasets.images_per_epoch))
     (logdir / "loss.png").write_bytes(figures.png_bytes(figures.loss_curves(result.history)))
     (logdir / "accuracy.png").write_bytes(figures.png_bytes(figures.accuracy_curve(result.history)))
-    matrix = confusion_matrix(result.trainer, datasets.test)
-    confusion_png = figures.png_bytes(figures.confusion_matrix(matrix, data.CLASS_NAMES))
+    confusion = figures.confusion_matrix(result.test_confusion, data.CLASS_NAMES)
+    confusion_png = figures.png_bytes(confusion)
     (logdir / "confusion_matrix.png").write_bytes(confusion_png)
     summaries.test_results(
         len(result.history), result.test_loss, result.test_accuracy, confusion_png
     )
-
-
-def confusion_matrix(trainer: Trainer, dataset: tf.data.Dataset) -> np.ndarray:
-    """Counts of (true class, predicted class) over an evaluation dataset."""
-    matrix = tf.zeros([data.NUM_CLASSES, data.NUM_CLASSES], tf.int32)
-    for images, targets in dataset:
-        matrix += tf.math.confusion_matrix(
-            tf.argmax(targets, axis=1), trainer.predict_step(images), data.NUM_CLASSES
-        )
-    return matrix.numpy()
 
 
 def metrics(result: RunResult, images_per_epoch: int) -> dict:

@@ -133,17 +133,20 @@ def _run(config, placement: Placement, split: data.BookSplit, log, resume, live_
     loop = RunLoop(config, trainer, datasets, state, checkpoints, summaries, log, live_progress)
     try:
         loop.train()
+        test = trainer.evaluate(datasets.test)
         result = RunResult(
             config,
             state.history,
             state.history[-1].val_loss,
             state.history[-1].val_accuracy,
-            *(float(v) for v in trainer.evaluate(datasets.test)),
+            float(test.loss),
+            float(test.accuracy),
             compile_seconds,
             state.train_seconds,
             xla_ratio,
             trainer,
             loop.checkpoint,
+            test_confusion=test.confusion.numpy().astype(int),
         )
         if logdir:
             write_results(result, logdir, datasets, summaries)
@@ -169,5 +172,6 @@ def compile_trainer(trainer: Trainer, datasets: Datasets, profiled: bool = False
         trainer.train(iterator, tf.constant(1))
         if profiled:
             trainer.train_one_step(iterator)
-        trainer.evaluate(datasets.validation.take(1))
+        validation = datasets.validation
+        trainer.evaluate(type(validation)(validation.images[:1], validation.targets[:1]))
     return time.perf_counter() - start

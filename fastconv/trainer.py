@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
-from fastconv.blocks import Block
-from fastconv.data import NUM_CLASSES
+from fastconv.blocks import Block, Evaluation
 from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy, fastest_conv_form
 from fastconv.optimizers import make_optimizer, weight_averages
+from fastconv.pipeline import EVALUATION_SET_SPEC, EvaluationSet
 
 if TYPE_CHECKING:
     from fastconv.config import TrainConfig
@@ -51,9 +51,8 @@ class Trainer:
         (`fastconv.pipeline.batch_maker`), gathers each batch inside the loop; else None.
       step_summaries, log_every: the writer the step loss goes to every `log_every` steps.
       strategy: the tf.distribute strategy the model and trainer were built in, or None.
-      label_smoothing: the share of each training target spread over the classes; the
-        training loss only (evaluation keeps the book's cross-entropy).
-      tta: evaluate and predict with the mean logits of each image and its mirror image.
+      label_smoothing: the share of each training target spread over the classes, in the
+        training loss only; tta: evaluate and predict with mean logits of image and mirror.
     """
 
     def __init__(
@@ -82,11 +81,10 @@ class Trainer:
         self.replicas = strategy.num_replicas_in_sync if strategy else 1
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             optimizer = keras.optimizers.SGD(learning_rate=optimizer)
-        self.optimizer = optimizer
-        self.label_smoothing, self.tta = label_smoothing, tta
-        self.loss_scaling = loss_scaling
-        if loss_scaling:
-            self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+        self.loss_scaling, self.label_smoothing, self.tta = loss_scaling, label_smoothing, tta
+        self.optimizer = (
+            keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaling else optimizer
+        )
         # Build the optimizer's variables now: tf.function may not create them on a later trace.
         self.optimizer.build(model.weights)
         # What evaluation, prediction and export compute with: the weights' moving averages
@@ -113,7 +111,7 @@ class Trainer:
         )
         self.train = tf.function(self._train)
         self.train_one_step = tf.function(self._train_one_step)
-        self.evaluate = tf.function(self._evaluate)
+        self.evaluate = tf.function(self._evaluate, input_signature=[EVALUATION_SET_SPEC])
 
     @property
     def variables(self) -> list[tf.Variable]:
@@ -141,8 +139,8 @@ class Trainer:
         return int(self.step.numpy())
 
     def learning_rate(self) -> float:
-        """The learning rate of the next step, read on the host."""
-        # A tensor first: under a strategy the rate is a mirrored variable's value.
+        """The learning rate of the next step, read on the host (as a tensor first: under a
+        strategy it is a mirrored variable's value)."""
         return float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
 
     def forpass(self, images):
@@ -157,7 +155,7 @@ class Trainer:
         return (plain + mirrored) / 2
 
     def _train_step(self, images, targets):
-        """One SGD step on a batch; returns its mean loss and number of correct predictions.
+        """One optimizer step on a batch; returns its mean loss and correct predictions.
 
         The loss is the one computed for the update (before it), not the book's second
         forward pass after it: the same information for half the forward work.
@@ -175,22 +173,27 @@ class Trainer:
     def _shard_gradients(self, images, targets, parts: int):
         """A shard's mean loss, the gradients of that loss divided by `parts`, and its number
         of correct predictions (under loss scaling, the gradients are of the scaled loss)."""
-        smoothed = targets
-        if self.label_smoothing:
-            smoothed = targets * (1 - self.label_smoothing) + self.label_smoothing / NUM_CLASSES
         with tf.GradientTape() as tape:
             logits = self.model.forpass(images, self.conv_form)
-            loss = cross_entropy(smoothed, logits)
+            loss = cross_entropy(targets, logits, self.label_smoothing)
             scaled_loss = loss / parts if parts > 1 else loss
             if self.loss_scaling:
                 scaled_loss = self.optimizer.scale_loss(scaled_loss)
         return loss, tape.gradient(scaled_loss, self.model.weights), _count_correct(targets, logits)
 
     def _eval_step(self, images, targets):
-        """Sum of losses and number of correct predictions on a batch of any size."""
+        """Sum of losses and the confusion matrix (true class, predicted class) on a batch
+        of any size; rows without a target (padding) count in neither."""
         logits = self._sharded_forpass(images)
         losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-        return tf.reduce_sum(losses), _count_correct(targets, logits)
+        confusion = tf.math.confusion_matrix(
+            tf.argmax(targets, axis=1),
+            tf.argmax(logits, axis=1),
+            num_classes=targets.shape[-1],
+            weights=tf.reduce_max(targets, axis=1),
+            dtype=tf.float32,
+        )
+        return tf.reduce_sum(losses), confusion
 
     def _sharded_forpass(self, images):
         """The logits of a batch whose size may be unknown when traced, computed in shards.
@@ -249,8 +252,7 @@ class Trainer:
         """The next batch's step: its loss, correct predictions, and whether the loss and
         every weight are still finite."""
         batch = next(iterator)
-        # Resident images are gathered here, as the batch of step `self.step` (which keys a
-        # random augmentation).
+        # Resident images are gathered here, as the batch of step `self.step` (augmentation's key).
         images, targets = batch if self.make_batch is None else self.make_batch(batch, self.step)
         loss, correct = self._replicated_step(images, targets)
         self.step.assign_add(1)
@@ -281,18 +283,20 @@ class Trainer:
     def _weights_finite(self):
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.model.weights])
 
-    def _evaluate(self, dataset):
-        """Mean loss and accuracy over every batch of `dataset`, in one call."""
+    def _evaluate(self, evaluation: EvaluationSet) -> Evaluation:
+        """Mean loss, accuracy and the confusion matrix over every image of `evaluation`, in
+        one call."""
         loss_sum = tf.constant(0.0)
-        correct = tf.constant(0, tf.int64)
-        count = tf.constant(0, tf.int64)
-        for images, targets in dataset:
-            batch_loss, batch_correct = self.eval_step(images, targets)
+        classes = evaluation.targets.shape[-1]
+        confusion = tf.zeros([classes, classes])
+        for i in tf.range(tf.shape(evaluation.images)[0]):
+            batch_loss, batch_confusion = self.eval_step(
+                evaluation.images[i], evaluation.targets[i]
+            )
             loss_sum += batch_loss
-            correct += batch_correct
-            count += tf.shape(images, out_type=tf.int64)[0]
-        count = tf.cast(count, tf.float32)
-        return loss_sum / count, tf.cast(correct, tf.float32) / count
+            confusion += batch_confusion
+        count = tf.reduce_sum(confusion)  # the images; the padding has no target
+        return Evaluation(loss_sum / count, tf.linalg.trace(confusion) / count, confusion)
 
     def trace_count(self) -> int:
         """How many times the compiled functions were traced (a retrace adds one)."""
@@ -309,8 +313,9 @@ class Trainer:
 
 
 def _count_correct(targets, logits):
+    """Correct predictions among the rows with a target (an evaluation's padding has none)."""
     hits = tf.equal(tf.argmax(logits, axis=1), tf.argmax(targets, axis=1))
-    return tf.reduce_sum(tf.cast(hits, tf.int64))
+    return tf.reduce_sum(tf.cast(hits & (tf.reduce_max(targets, axis=1) > 0), tf.int64))
 
 
 def make_trainer(

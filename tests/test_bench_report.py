@@ -51,3 +51,36 @@ def test_table_gives_ratios_to_keras_best_and_the_book():
     table = format_table(rows, {"cpu": "test CPU", "cores": 2})
     assert "2 passes through the peers" in table.splitlines()[0]
     assert "fastest fastconv at batch 128 (fastconv): 2.00x Keras fit's best, 10.00x" in table
+
+
+def test_rows_show_their_configuration_and_what_a_round_holds():
+    rows = [
+        row("book_eager", "book", [10.0], round="book epoch", round_includes="2 passes"),
+        row(
+            "keras_fit_spe50_bf16",
+            "keras",
+            [2.0],
+            precision="mixed_bfloat16",
+            steps_per_execution=50,
+            jit_compile=False,
+            threads="intra 2, inter 1",
+            round="fit epoch",
+            round_includes="one epoch of one fit",
+        ),
+        row("fastconv", "fastconv", [1.0], shards=2, xla=False, round="compiled epoch"),
+        row("keras_fit_val", "keras", [4.0], validation=True, round="fit epoch + val"),
+        row("fastconv_val", "fastconv", [1.6], validation=True, round="compiled epoch + val"),
+    ]
+    lines = format_table(rows, {"cpu": "test CPU", "cores": 2}).splitlines()
+    keras_line = next(line for line in lines if line.startswith("keras_fit_spe50_bf16 "))
+    assert "fit epoch" in keras_line
+    assert "mixed_bfloat16, batch 128, spe 50, no jit, threads intra 2, inter 1" in keras_line
+    assert "  fit epoch: one epoch of one fit" in lines
+    assert any("second forward pass per batch" in line for line in lines)
+    # Validation peers are compared with each other, not with the training-only ones.
+    assert "-- with the validation pass after each epoch" in lines
+    assert any(
+        line.startswith("with validation each epoch, fastest fastconv (fastconv_val): 2.50x")
+        for line in lines
+    )
+    assert any("fastest fastconv at batch 128 (fastconv): 2.00x Keras" in line for line in lines)

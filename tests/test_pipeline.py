@@ -73,15 +73,17 @@ def test_zscore_standardizes_the_training_images():
     assert abs(standardized.std() - 1) < 1e-4
 
 
-def test_evaluation_batches_cover_every_image_once_in_order():
+def test_evaluation_set_covers_every_image_once_in_order_and_pads_with_nothing():
     images = indexed_images(2500)
     labels = (np.arange(2500) % 10).astype(np.uint8)
-    batches = list(pipeline.evaluation_batches(images, labels, 1000, pipeline.Standardization()))
-    assert [len(b[0]) for b in batches] == [1000, 1000, 500]
-    np.testing.assert_array_equal(
-        np.concatenate([indices_of(b[0]) for b in batches]), np.arange(2500)
-    )
-    np.testing.assert_array_equal(np.concatenate([b[1].numpy().argmax(1) for b in batches]), labels)
+    evaluation = pipeline.evaluation_set(images, labels, 1000, pipeline.Standardization())
+    assert evaluation.images.shape == (3, 1000, 28, 28, 1)
+    assert evaluation.targets.shape == (3, 1000, 10)
+    flat_images = tf.reshape(evaluation.images, [-1, 28, 28, 1])
+    np.testing.assert_array_equal(indices_of(flat_images[:2500]), np.arange(2500))
+    targets = tf.reshape(evaluation.targets, [-1, 10]).numpy()
+    np.testing.assert_array_equal(targets[:2500].argmax(1), labels)
+    assert targets[:2500].sum() == 2500 and not targets[2500:].any()  # padding counts for nothing
 
 
 def test_batch_larger_than_the_training_split_is_refused():

@@ -62,11 +62,11 @@ def test_sharded_step_equals_the_whole_batch_step(xla):
     sharded_eval = tf.function(sharded._eval_step, input_signature=any_size)
     whole_eval = tf.function(whole._eval_step, input_signature=any_size)
     for count in (128, 33, 1):
-        np.testing.assert_allclose(
-            [v.numpy() for v in sharded_eval(images[:count], targets[:count])],
-            [v.numpy() for v in whole_eval(images[:count], targets[:count])],
-            rtol=1e-5,
-        )
+        sharded_loss, sharded_confusion = sharded_eval(images[:count], targets[:count])
+        whole_loss, whole_confusion = whole_eval(images[:count], targets[:count])
+        np.testing.assert_allclose(sharded_loss.numpy(), whole_loss.numpy(), rtol=1e-5)
+        np.testing.assert_array_equal(sharded_confusion.numpy(), whole_confusion.numpy())
+        assert sharded_confusion.numpy().sum() == count
     assert sharded_eval.experimental_get_tracing_count() == 1
 
     def matmuls(function):
@@ -97,7 +97,7 @@ def test_nothing_retraces_after_the_first_epoch(xla):
     iterator = iter(pipeline.training_batches(images, labels, 32, 0, standardize))
 
     def evaluation(count):
-        return pipeline.evaluation_batches(images[:count], labels[:count], 100, standardize)
+        return pipeline.evaluation_set(images[:count], labels[:count], 100, standardize)
 
     trainer.train(iterator, tf.constant(20))  # the first epoch traces everything
     trainer.evaluate(evaluation(640))
@@ -183,16 +183,25 @@ def test_loss_falls_on_real_data(fashion_mnist):
             standardize,
         )
     )
-    validation = pipeline.evaluation_batches(
+    validation = pipeline.evaluation_set(
         fashion_mnist.train_images[split.validation],
         fashion_mnist.train_labels[split.validation],
         1000,
         standardize,
     )
     trainer = Trainer(ConvNet(seed=42), 0.01)
-    initial_loss, initial_accuracy = (float(v) for v in trainer.evaluate(validation))
+    initial_loss, initial_accuracy, _ = (v.numpy() for v in trainer.evaluate(validation))
     block_losses = [float(trainer.train(iterator, tf.constant(100)).loss) for _ in range(4)]
-    val_loss, val_accuracy = (float(v) for v in trainer.evaluate(validation))
+    val_loss, val_accuracy, confusion = (v.numpy() for v in trainer.evaluate(validation))
+    # The confusion matrix counts each image once by (true, predicted) class, padding left out.
+    labels = fashion_mnist.train_labels[split.validation]
+    predictions = np.concatenate(
+        [trainer.predict_step(batch).numpy() for batch in validation.images]
+    )[: len(labels)]
+    expected = np.zeros((10, 10))
+    np.add.at(expected, (labels, predictions), 1)
+    np.testing.assert_array_equal(confusion, expected)
+    assert val_accuracy == pytest.approx(np.trace(expected) / len(labels), abs=1e-7)
     assert initial_loss > 2.0 and initial_accuracy < 0.3  # chance level before training
     assert block_losses == sorted(block_losses, reverse=True)
     assert val_loss < 0.75 * initial_loss

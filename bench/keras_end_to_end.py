@@ -1,0 +1,188 @@
+"""The book's full run written with Keras, as its users write it; bench/end_to_end.py runs it.
+
+The same work as `python scripts/train.py`: the same stratified 48,000 / 12,000 split read with
+fastconv.data, the same network as a `keras.Sequential`, SGD 0.01 at batch 128, a validation
+pass after each epoch (`fit(..., validation_data=...)`), then the test set (`evaluate`).
+Keras's fastest settings by default (steps_per_execution 50, mixed_bfloat16, no
+jit_compile, TensorFlow's thread pools); evaluation batches of 256, as fastconv's.
+
+    python bench/keras_end_to_end.py [--epochs 20] [--precision float32] [--threads 2x1]
+
+Prints one JSON line: the seconds of each part (a callback stamps every epoch's start, its
+validation's start and end, and its end) and the accuracies.
+"""
+
+import time
+
+STARTED_AT = time.perf_counter()  # before any import: the parts below add up from here
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+IMPORT_SECONDS = time.perf_counter() - STARTED_AT
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's fastconv
+from fastconv import data  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--epochs", type=int, default=20, help="passes over the training set (default: 20)")
+    add(
+        "--precision",
+        choices=("float32", "mixed_bfloat16"),
+        default="mixed_bfloat16",
+        help="Keras dtype policy (default: mixed_bfloat16)",
+    )
+    add(
+        "--steps-per-execution",
+        type=int,
+        default=50,
+        help="training steps per compiled call (default: 50)",
+    )
+    add("--jit-compile", action="store_true", help="compile the steps with XLA (default: off)")
+    add(
+        "--threads",
+        default="default",
+        help="INTRAxINTER thread pools, for example 2x1, or default: TensorFlow's (default)",
+    )
+    add("--eval-batch-size", type=int, default=256, help="images per evaluation step (256)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    seconds = {"import": IMPORT_SECONDS}
+    if args.threads != "default":  # before TensorFlow's first op
+        intra, inter = (int(count) for count in args.threads.split("x"))
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+    start = time.perf_counter()
+    dataset = data.load(download=False)
+    split = data.stratified_split(dataset.train_labels)
+
+    def arrays(images, labels):  # the book's x / 255 and one-hot targets
+        x = (images.reshape(-1, 28, 28, 1) / 255).astype("float32")
+        return x, np.eye(10, dtype="float32")[labels]
+
+    x, y = arrays(dataset.train_images[split.train], dataset.train_labels[split.train])
+    x_val, y_val = arrays(
+        dataset.train_images[split.validation], dataset.train_labels[split.validation]
+    )
+    x_test, y_test = arrays(dataset.test_images, dataset.test_labels)
+    seconds["data"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    keras.mixed_precision.set_global_policy(args.precision)
+    keras.utils.set_random_seed(42)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(10, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(100, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        steps_per_execution=args.steps_per_execution,
+        jit_compile=args.jit_compile,
+    )
+    seconds["build"] = time.perf_counter() - start
+
+    stamps = Stamps()
+    fit_start = time.perf_counter()
+    history = model.fit(
+        x,
+        y,
+        batch_size=128,
+        epochs=args.epochs,
+        shuffle=True,
+        validation_data=(x_val, y_val),
+        validation_batch_size=args.eval_batch_size,
+        callbacks=[stamps],
+        verbose=0,
+    )
+    seconds["fit"] = time.perf_counter() - fit_start
+    start = time.perf_counter()
+    test_loss, test_accuracy = model.evaluate(
+        x_test, y_test, batch_size=args.eval_batch_size, verbose=0
+    )
+    seconds["test"] = time.perf_counter() - start
+    seconds["total"] = time.perf_counter() - STARTED_AT
+    print(
+        json.dumps(
+            {
+                "config": vars(args),
+                "seconds": seconds,
+                **stamps.parts(fit_start, seconds["fit"]),
+                "val_accuracy": history.history["val_accuracy"][-1],
+                "val_loss": history.history["val_loss"][-1],
+                "test_accuracy": test_accuracy,
+                "test_loss": test_loss,
+                "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            }
+        ),
+        flush=True,
+    )
+
+
+class Stamps(keras.callbacks.Callback):
+    """Stamps each epoch's start, its validation's start and end, and its end."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[dict[str, float]] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append({"begin": time.perf_counter()})
+
+    def on_test_begin(self, logs=None):
+        self.epochs[-1]["val_begin"] = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.epochs[-1]["val_end"] = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):  # Keras has read the logs back by now
+        self.epochs[-1]["end"] = time.perf_counter()
+
+    def parts(self, fit_start: float, fit_seconds: float) -> dict:
+        """Per epoch: training steps (epoch start to validation start) and validation
+        seconds; fit's set-up before the first epoch (its data adapter: the arrays converted,
+        the iterator started); the rest of fit (between epochs and after the last); the
+        first epoch's excess over the median of the others (tracing and compiling), when
+        there are others."""
+        train = [e["val_begin"] - e["begin"] for e in self.epochs]
+        validation = [e["val_end"] - e["val_begin"] for e in self.epochs]
+        setup = self.epochs[0]["begin"] - fit_start
+        parts = {
+            "epoch_train_seconds": train,
+            "epoch_validation_seconds": validation,
+            "fit_setup_seconds": setup,
+            "fit_between_epochs_seconds": fit_seconds - setup - sum(train) - sum(validation),
+        }
+        if len(self.epochs) > 1:
+            parts["first_epoch_excess_seconds"] = {
+                "train": train[0] - statistics.median(train[1:]),
+                "validation": validation[0] - statistics.median(validation[1:]),
+            }
+        return parts
+
+
+if __name__ == "__main__":
+    main()
