@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = flag_of(field)
         name = flag.name or "--" + field.name.replace("_", "-")
         if types[field.name] is bool:
-            parser.add_argument(name, dest=field.name, action="store_true", help=flag.help)
+            # --augment and --no-augment: a recipe's switch can be turned off beside it.
+            action = argparse.BooleanOptionalAction
+            parser.add_argument(name, dest=field.name, action=action, help=flag.help)
             continue
         default = flag.default_help or field.default
         kind = _value_type(types[field.name])

@@ -46,6 +46,9 @@ def test_the_fast_recipe_sets_its_settings_and_flags_override_them():
             assert getattr(config, name) == value, name
     assert (config.n_kernels, config.units) == (10, 100)  # the book's network, unchanged
     assert TrainConfig.from_recipe("fast", epochs=3, seed=7) == config
+    # A switch the recipe turns on can be turned off beside it.
+    switched = config_of("--recipe", "fast", "--no-augment", "--no-tta")
+    assert not switched.augment and not switched.tta and switched.optimizer == "adam"
     with pytest.raises(ConfigError, match="recipe='quick' must be one of book, fast"):
         TrainConfig.from_recipe("quick")
 
