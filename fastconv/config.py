@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from fastconv.recipes import RECIPES, describe_recipe
+
 STANDARDIZATIONS = ("scale", "zscore")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -93,41 +95,10 @@ def _one_of(choices: tuple) -> dict:
 
 
 def _fraction(value) -> bool:
-    """In [0, 1)."""
     return isinstance(value, int | float) and 0 <= value < 1
 
 
-# Named sets of settings a run starts from; flags given beside `--recipe` override them.
-# "book" is the defaults, the book's run; "fast" is tuned for the book's network, unchanged
-# (10 kernels, 100 units), to reach its best accuracy in seconds (README, "Time to accuracy").
-RECIPES: dict[str, dict[str, Any]] = {
-    "book": {},
-    "fast": {
-        "epochs": 12,
-        "batch_size": 256,
-        "learning_rate": 0.005,
-        "optimizer": "adam",
-        "schedule": "onecycle",
-        "warmup_epochs": 2.0,
-        "label_smoothing": 0.1,
-        "augment": True,
-        "tta": True,
-        "standardize": "zscore",
-        "precision": "auto",
-    },
-}
-
-
-def describe_recipe(name: str) -> str:
-    """What a recipe sets, as flags: '--optimizer adam --epochs 30 ...'."""
-    settings = RECIPES[name]
-    if not settings:
-        return "the defaults"
-    flags = []
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        flags.append(flag if value is True else f"{flag} {value}")
-    return " ".join(flags)
+FRACTION = {"check": _fraction, "requirement": "must lie in [0, 1)"}
 
 
 def parse_step_range(text: str) -> tuple[int, int]:
@@ -162,23 +133,16 @@ class TrainConfig:
     learning_rate: float = setting(0.01, "learning rate; with a schedule, its peak", **POSITIVE)
     optimizer: str = setting(
         "sgd",
-        "sgd (the book's), momentum, nesterov (SGD with --momentum), adam or adamw "
-        "(Keras's optimizers)",
+        "sgd (the book's), momentum or nesterov (SGD with --momentum), adam, adamw (Keras's)",
         **_one_of(OPTIMIZERS),
     )
-    momentum: float = setting(
-        0.9,
-        "momentum of --optimizer momentum or nesterov",
-        check=_fraction,
-        requirement="must lie in [0, 1)",
-    )
+    momentum: float = setting(0.9, "momentum of --optimizer momentum or nesterov", **FRACTION)
     weight_decay: float | None = setting(
         None,
         "decoupled weight decay of the kernels (not the biases): each step takes "
         "learning rate x decay x weight off each weight",
         default_help="none; Keras's 0.004 with adamw",
-        check=lambda decay: 0 <= decay < 1,
-        requirement="must lie in [0, 1)",
+        **FRACTION,
     )
     schedule: str = setting(
         "constant",
@@ -196,8 +160,7 @@ class TrainConfig:
         0.0,
         "share of each training target spread evenly over the 10 classes; the reported "
         "validation and test losses stay the book's cross-entropy",
-        check=_fraction,
-        requirement="must lie in [0, 1)",
+        **FRACTION,
     )
     augment: bool = setting(
         False,

@@ -14,7 +14,8 @@ from helpers import checkpoint_values, run_script, start_script, synthetic_datas
 from test_reliability import assert_bit_identical, wait_for_line
 
 from fastconv import cli, data, pipeline
-from fastconv.config import RECIPES, ConfigError, TrainConfig, describe_recipe
+from fastconv.config import ConfigError, TrainConfig
+from fastconv.recipes import RECIPES, describe_recipe
 from fastconv.run import train_and_evaluate
 
 
