@@ -91,8 +91,9 @@ def given_settings(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The configuration of a new run: the defaults, with the flags given."""
-    return TrainConfig(**given_settings(args))
+    """The configuration of a new run: the recipe's settings (the book's by default), with
+    the flags given."""
+    return TrainConfig.from_recipe(**given_settings(args))
 
 
 def main(argv: list[str] | None = None, started_at: float | None = None) -> int:

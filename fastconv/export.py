@@ -22,13 +22,17 @@ SIGNATURE = "serving_default"
 class Classifier(tf.Module):
     """uint8 images -> probabilities, computed by the trainer's own forpass.
 
-    The forpass is the trainer's (the same formulation, precision and XLA setting), so the
-    loaded model predicts exactly what the trainer predicted.
+    The forpass is the trainer's (the same formulation, precision, XLA setting, evaluated
+    weights and test-time augmentation), so the loaded model predicts exactly what the
+    trainer predicted.
     """
 
     def __init__(self, trainer: Trainer, standardize: Standardization):
         super().__init__(name="fastconv_classifier")
         self.model = trainer.model
+        # The variables the forpass reads (the moving averages under --ema), so the
+        # SavedModel holds them.
+        self.evaluated_weights = list(trainer.evaluated_weights)
         self.class_names = tf.Variable(list(CLASS_NAMES), trainable=False, name="class_names")
         self._forpass = trainer.forpass
         self._standardize = standardize

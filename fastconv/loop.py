@@ -162,7 +162,7 @@ class RunLoop:
             f"{result.seconds:.2f} s  {result.images_per_second:,.0f} img/s"
         )
         if self.summaries:
-            self.summaries.epoch(result, config.learning_rate)
+            self.summaries.epoch(result, self.trainer.learning_rate())
 
     def save(self) -> None:
         if self.checkpoints:

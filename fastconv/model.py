@@ -53,14 +53,19 @@ class ConvNet(tf.Module):
         """The trainable variables in the book's order."""
         return [self.conv_w, self.conv_b, self.w1, self.b1, self.w2, self.b2]
 
-    def forpass(self, images: tf.Tensor, conv_form: str = "nn") -> tf.Tensor:
+    @property
+    def biases(self) -> list[tf.Variable]:
+        return [self.conv_b, self.b1, self.b2]
+
+    def forpass(self, images: tf.Tensor, conv_form: str = "nn", weights=None) -> tf.Tensor:
         """Logits (B, 10) for images (B, 28, 28, 1): the book's `forpass`.
 
         `conv_form` names one of `CONV_FORMS`, each the same function written for a
         different engine: "nn" is the book's `tf.nn` ops (cuDNN's on a GPU), "batch_channels"
-        runs fastest in graph mode on a CPU, "patches" under XLA.
+        runs fastest in graph mode on a CPU, "patches" under XLA. `weights` computes with
+        other values of the six variables, in the order of `weights` (moving averages).
         """
-        conv_w, conv_b, w1, b1, w2, b2 = (self._compute(w) for w in self.weights)
+        conv_w, conv_b, w1, b1, w2, b2 = (self._compute(w) for w in weights or self.weights)
         form = CONV_FORMS[conv_form]
         features = form.conv_relu_pool(self._compute(images), conv_w, conv_b)
         if form.images_in_columns:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from fastconv.augment import Augmentation
 from fastconv.config import TrainConfig
 from fastconv.data import IMAGE_SIZE, NUM_CLASSES, BookSplit
 
@@ -56,20 +57,30 @@ NO_AUTOTUNE = tf.data.Options()
 NO_AUTOTUNE.autotune.enabled = False
 
 
-def batch_maker(images: np.ndarray, labels: np.ndarray, standardize: Standardization):
+def batch_maker(
+    images: np.ndarray,
+    labels: np.ndarray,
+    standardize: Standardization,
+    augmentation: Augmentation | None = None,
+):
     """A function from a batch of indices to (images (B, 28, 28, 1) float32, one-hot targets).
 
     The arrays become constants on the device of the enclosing `tf.device` scope: called in
     a tf.data map they live with the pipeline on the host; called inside the training loop
     under a GPU's scope (`fastconv.trainer.Trainer.make_batch`), the data set is resident on
-    the GPU and only index rows cross to it.
+    the GPU and only index rows cross to it. With an `augmentation`, the gathered images are
+    augmented, before standardizing, as the batch of step `step` (and a replica's share,
+    `part` of `parts`, as `Augmentation` says); without, `step` and `part` go unused.
     """
     images = tf.constant(np.reshape(images, (-1, IMAGE_SIZE, IMAGE_SIZE, 1)))
     labels = tf.constant(labels, tf.int32)
 
-    def make_batch(indices):
+    def make_batch(indices, step=None, part=0, parts=1):
+        batch_images = tf.gather(images, indices)
+        if augmentation is not None:
+            batch_images = augmentation(batch_images, step, part, parts)
         return (
-            standardize(tf.gather(images, indices)),
+            standardize(batch_images),
             tf.one_hot(tf.gather(labels, indices), NUM_CLASSES),
         )
 
@@ -92,6 +103,7 @@ def training_batches(
     standardize: Standardization,
     start_step: int = 0,
     replica_chunks: tuple[int, int, int] = (0, 1, 1),
+    augmentation: Augmentation | None = None,
 ) -> tf.data.Dataset:
     """An endless stream of training batches, `len(images) // batch_size` per epoch.
 
@@ -102,9 +114,17 @@ def training_batches(
       seed: with the epoch number, fixes each epoch's order.
       standardize: applied to each gathered batch.
       start_step, replica_chunks: as for `training_order`.
+      augmentation: applied to each gathered batch, keyed by its step, before standardizing.
     """
-    rows = training_order(len(images), batch_size, seed, start_step, replica_chunks)
-    return gathered(rows, batch_maker(images, labels, standardize))
+    make_batch = batch_maker(images, labels, standardize, augmentation)
+    if augmentation is None:
+        rows = training_order(len(images), batch_size, seed, start_step, replica_chunks)
+        return gathered(rows, make_batch)
+    rows = training_order(
+        len(images), batch_size, seed, start_step, replica_chunks, with_steps=True
+    )
+    parts = replica_chunks[2]
+    return gathered(rows, lambda row, step, part: make_batch(row, step, part, parts))
 
 
 def training_order(
@@ -113,6 +133,7 @@ def training_order(
     seed: int,
     start_step: int = 0,
     replica_chunks: tuple[int, int, int] = (0, 1, 1),
+    with_steps: bool = False,
 ) -> tf.data.Dataset:
     """The endless stream of the training batches' indices (rows of `batch_size`).
 
@@ -127,21 +148,29 @@ def training_order(
         replica of a tf.distribute run, and this stream yields chunks first .. first+count-1
         of each batch in turn, for the replicas it feeds. Together the replicas see exactly
         the batches of a one-device run, so the global batch and the order stay the book's.
+      with_steps: yield (row, step, part): the row, the number of its step counted as
+        `start_step` is, and which chunk of its batch it is (0 without replica chunks).
     """
-    first_epoch, first_step = divmod(start_step, num_examples // batch_size)
+    steps_per_epoch = num_examples // batch_size
+    first_epoch, first_step = divmod(start_step, steps_per_epoch)
     epochs = tf.data.Dataset.counter(start=first_epoch)
-    rows = (
-        epochs.map(lambda epoch: epoch_order(num_examples, batch_size, seed, epoch))
-        .unbatch()
-        .skip(first_step)  # skips index rows only: nothing is gathered for them
-    )
+    rows = epochs.map(lambda epoch: epoch_order(num_examples, batch_size, seed, epoch)).unbatch()
+    if with_steps:
+        steps = tf.data.Dataset.counter(start=first_epoch * steps_per_epoch)
+        rows = tf.data.Dataset.zip(rows, steps, tf.data.Dataset.from_tensors(0).repeat())
+    rows = rows.skip(first_step)  # skips index rows only: nothing is gathered for them
     first, count, of = replica_chunks
     if of > 1:
         if batch_size % of:
             raise ValueError(f"batch_size={batch_size} does not split into {of} replicas")
-        rows = rows.map(
-            lambda row: tf.reshape(row, [of, batch_size // of])[first : first + count]
-        ).unbatch()
+
+        def chunks(row, *step_and_part):
+            shares = tf.reshape(row, [of, batch_size // of])[first : first + count]
+            if not step_and_part:
+                return shares
+            return shares, tf.fill([count], step_and_part[0]), tf.range(first, first + count)
+
+        rows = rows.map(chunks).unbatch()
     return rows
 
 
@@ -236,11 +265,19 @@ def make_datasets(
     """
     images, labels = split.train_images, split.train_labels
     standardize = Standardization.named(config.standardize, images)
-    make_batch = batch_maker(images, labels, standardize) if resident else None
+    augmentation = Augmentation(config.seed, config.shift) if config.augment else None
+    make_batch = batch_maker(images, labels, standardize, augmentation) if resident else None
 
     def stream(start_step: int, replica_chunks=(0, 1, 1)) -> tf.data.Dataset:
         return training_batches(
-            images, labels, config.batch_size, config.seed, standardize, start_step, replica_chunks
+            images,
+            labels,
+            config.batch_size,
+            config.seed,
+            standardize,
+            start_step,
+            replica_chunks,
+            augmentation,
         )
 
     def training_from(start_step: int) -> tf.data.Dataset:

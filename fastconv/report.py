@@ -63,4 +63,6 @@ def metrics(result: RunResult, images_per_epoch: int) -> dict:
         "compile_seconds": result.compile_seconds,
         "train_seconds": result.train_seconds,
         "xla_speed_ratio": result.xla_speed_ratio,
+        # Per epoch: losses, accuracies, training seconds (bench/time_to_accuracy.py).
+        "history": [dataclasses.asdict(epoch) for epoch in result.history],
     }

@@ -90,7 +90,11 @@ def _run(config, placement: Placement, split: data.BookSplit, log, resume, live_
     resident = not placement.strategy and split.train_images.nbytes <= RESIDENT_BYTES
     datasets = make_datasets(split, config, placement.strategy, resident)
     trainer = make_trainer(
-        config, placement, datasets.make_batch, summaries.train if summaries else None
+        config,
+        placement,
+        datasets.make_batch,
+        summaries.train if summaries else None,
+        steps_per_epoch=datasets.steps_per_epoch,
     )
     checkpoints = Checkpoints(logdir / rundir.CHECKPOINTS, trainer) if logdir else None
     state = LoopState()

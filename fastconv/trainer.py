@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
+from fastconv.blocks import Block, Evaluation
+from fastconv.data import NUM_CLASSES
 from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy, fastest_conv_form
+from fastconv.optimizers import make_optimizer, weight_averages
 from fastconv.pipeline import EVALUATION_SET_SPEC, EvaluationSet
 
 if TYPE_CHECKING:
@@ -23,59 +26,13 @@ if TYPE_CHECKING:
     from fastconv.runtime import Placement
 
 
-class Block(NamedTuple):
-    """What a block of training steps returns: a handful of scalars, fetched by the host in
-    one read (`fetch`).
-
-    The loss is summed in float64, where adding float32 losses is exact, so epoch means come
-    out bit for bit the same however the epoch was cut into blocks (or resumed between them).
-    """
-
-    steps: tf.Tensor  # steps run: fewer than asked when one turned the loss or a weight non-finite
-    loss_sum: tf.Tensor  # the sum of their losses, float64
-    correct: tf.Tensor  # correct predictions among their images, int64
-    finite: tf.Tensor  # whether the loss and every weight were finite after the last step
-
-    @property
-    def loss(self) -> tf.Tensor:
-        """The block's mean loss."""
-        return self.loss_sum / tf.cast(self.steps, tf.float64)
-
-    def fetch(self) -> BlockResult:
-        """The scalars on the host, in one read, which waits for the block. float64 holds
-        each of them exactly (the counts stay far below 2**53)."""
-        steps, loss_sum, correct, finite = tf.stack([tf.cast(t, tf.float64) for t in self]).numpy()
-        return BlockResult(int(steps), float(loss_sum), int(correct), bool(finite))
-
-
-class Evaluation(NamedTuple):
-    """What `Trainer.evaluate` returns: the mean loss, the accuracy, and the confusion matrix
-    (counts of true class by predicted class, float32: exact far beyond these counts)."""
-
-    loss: tf.Tensor
-    accuracy: tf.Tensor
-    confusion: tf.Tensor
-
-
-class BlockResult(NamedTuple):
-    """A block's scalars, on the host."""
-
-    steps: int
-    loss_sum: float
-    correct: int
-    finite: bool
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / self.steps
-
-
 class Trainer:
-    """Trains a ConvNet with SGD on batches of one-hot targets.
+    """Trains a ConvNet on batches of one-hot targets.
 
     Args:
       model: the network; its weights are updated in place.
-      learning_rate: the SGD step size.
+      optimizer: a Keras optimizer, not yet built (`fastconv.optimizers.make_optimizer`);
+        a number is the learning rate of plain SGD, the book's optimizer.
       xla: compile each shard's forward and backward pass, and the evaluation and prediction
         steps, with XLA (`jit_compile=True`). The loop around them drives a tf.data
         iterator, which XLA cannot compile; the shards' gradients are summed and applied in
@@ -95,12 +52,15 @@ class Trainer:
         (`fastconv.pipeline.batch_maker`), gathers each batch inside the loop; else None.
       step_summaries, log_every: the writer the step loss goes to every `log_every` steps.
       strategy: the tf.distribute strategy the model and trainer were built in, or None.
+      label_smoothing: the share of each training target spread over the classes; the
+        training loss only (evaluation keeps the book's cross-entropy).
+      tta: evaluate and predict with the mean logits of each image and its mirror image.
     """
 
     def __init__(
         self,
         model: ConvNet,
-        learning_rate: float,
+        optimizer: keras.optimizers.Optimizer | float,
         xla: bool = False,
         shards: int = 1,
         conv_form: str | None = None,
@@ -109,9 +69,10 @@ class Trainer:
         step_summaries: tf.summary.SummaryWriter | None = None,
         log_every: int = 50,
         strategy: tf.distribute.Strategy | None = None,
+        label_smoothing: float = 0.0,
+        tta: bool = False,
     ):
         self.model = model
-        self.learning_rate = learning_rate
         self.xla = xla
         self.shards = shards
         self.conv_form = conv_form or fastest_conv_form(xla, on_gpu=False)
@@ -120,12 +81,18 @@ class Trainer:
         # so each replica's loss is divided by their number: the sum is the global mean's.
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync if strategy else 1
-        self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            optimizer = keras.optimizers.SGD(learning_rate=optimizer)
+        self.optimizer = optimizer
+        self.label_smoothing, self.tta = label_smoothing, tta
         self.loss_scaling = loss_scaling
         if loss_scaling:
             self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
         # Build the optimizer's variables now: tf.function may not create them on a later trace.
         self.optimizer.build(model.weights)
+        # What evaluation, prediction and export compute with: the weights' moving averages
+        # when the optimizer keeps them (--ema), else the weights.
+        self.evaluated_weights = weight_averages(self.optimizer) or model.weights
         # Steps run so far: the x axis of the step summaries and, with the seed, the position
         # in the data order that a resumed run continues from.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -174,9 +141,21 @@ class Trainer:
         """The step counter, read on the host (also when it is mirrored across replicas)."""
         return int(self.step.numpy())
 
+    def learning_rate(self) -> float:
+        """The learning rate of the next step, read on the host."""
+        # A tensor first: under a strategy the rate is a mirrored variable's value.
+        return float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
+
     def forpass(self, images):
-        """Logits of the images, computed with the trainer's conv form and precision."""
-        return self.model.forpass(images, self.conv_form)
+        """Logits of the images as the trainer evaluates, predicts and exports them: the
+        trainer's conv form and precision, the evaluated weights (the moving averages under
+        --ema) and, with `tta`, the mean of the logits of the images and of their mirrors."""
+        if not self.tta:
+            return self.model.forpass(images, self.conv_form, self.evaluated_weights)
+        both = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
+        logits = self.model.forpass(both, self.conv_form, self.evaluated_weights)
+        plain, mirrored = tf.split(logits, 2)
+        return (plain + mirrored) / 2
 
     def _train_step(self, images, targets):
         """One SGD step on a batch; returns its mean loss and number of correct predictions.
@@ -197,9 +176,12 @@ class Trainer:
     def _shard_gradients(self, images, targets, parts: int):
         """A shard's mean loss, the gradients of that loss divided by `parts`, and its number
         of correct predictions (under loss scaling, the gradients are of the scaled loss)."""
+        smoothed = targets
+        if self.label_smoothing:
+            smoothed = targets * (1 - self.label_smoothing) + self.label_smoothing / NUM_CLASSES
         with tf.GradientTape() as tape:
-            logits = self.forpass(images)
-            loss = cross_entropy(targets, logits)
+            logits = self.model.forpass(images, self.conv_form)
+            loss = cross_entropy(smoothed, logits)
             scaled_loss = loss / parts if parts > 1 else loss
             if self.loss_scaling:
                 scaled_loss = self.optimizer.scale_loss(scaled_loss)
@@ -276,7 +258,9 @@ class Trainer:
         """The next batch's step: its loss, correct predictions, and whether the loss and
         every weight are still finite."""
         batch = next(iterator)
-        images, targets = batch if self.make_batch is None else self.make_batch(batch)
+        # Resident images are gathered here, as the batch of step `self.step` (which keys a
+        # random augmentation).
+        images, targets = batch if self.make_batch is None else self.make_batch(batch, self.step)
         loss, correct = self._replicated_step(images, targets)
         self.step.assign_add(1)
         if self.step_summaries is not None:
@@ -346,17 +330,19 @@ def make_trainer(
     placement: Placement,
     make_batch: Callable | None = None,
     step_summaries: tf.summary.SummaryWriter | None = None,
+    steps_per_epoch: int | None = None,
 ) -> Trainer:
     """The one way to build a trainer (a run, the book's class, the XLA probe, bench/): a
     fresh network of `config`'s size and seed in the placement's precision, its variables
-    where the placement puts them, stepped as the placement decided."""
+    where the placement puts them, stepped as the placement decided, with the optimizer
+    `config` names (a learning-rate schedule spans `config.epochs` of `steps_per_epoch`)."""
     with placement.variables_scope():
         model = ConvNet(
             config.n_kernels, config.units, seed=config.seed, dtype_policy=placement.precision
         )
         return Trainer(
             model,
-            config.learning_rate,
+            make_optimizer(config, steps_per_epoch, not_decayed=model.biases),
             xla=config.xla,
             shards=placement.shards,
             conv_form=placement.conv_form,
@@ -365,4 +351,6 @@ def make_trainer(
             step_summaries=step_summaries,
             log_every=config.log_every,
             strategy=placement.strategy,
+            label_smoothing=config.label_smoothing,
+            tta=config.tta,
         )
