@@ -1,9 +1,8 @@
 """The run's configuration: one frozen dataclass whose defaults are the book's run.
 
-Each setting is written once, as a field with its `Flag`: the default, the flag's name,
-help, parser and the check of its value. `fastconv.cli` generates the command line from
-these fields, and `TrainConfig` runs the same checks, so a value is judged the same way
-from the command line and from Python.
+Each setting is written once, as a field with its `Flag` (default, flag, help, parser, check):
+`fastconv.cli` generates the command line from the fields, and `TrainConfig` runs the same
+checks, so a value is judged alike from the command line and from Python.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ import math
 import re
 from collections.abc import Callable
 from typing import Any
+
+from fastconv.recipes import RECIPES, describe_recipe
 
 STANDARDIZATIONS = ("scale", "zscore")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -85,49 +86,13 @@ POSITIVE = {"check": _positive, "requirement": "must be a positive number"}
 
 
 def _one_of(choices: tuple) -> dict:
-    return {
-        "choices": choices,
-        "check": choices.__contains__,
-        "requirement": "must be one of " + ", ".join(choices),
-    }
+    requirement = "must be one of " + ", ".join(choices)
+    return {"choices": choices, "check": choices.__contains__, "requirement": requirement}
 
 
 def _fraction(value) -> bool:
     """In [0, 1)."""
     return isinstance(value, int | float) and 0 <= value < 1
-
-
-# Named sets of settings a run starts from; flags given beside `--recipe` override them.
-# "book" is the defaults, the book's run; "fast" is tuned for the book's network, unchanged
-# (10 kernels, 100 units), to reach its best accuracy in seconds (README, "Time to accuracy").
-RECIPES: dict[str, dict[str, Any]] = {
-    "book": {},
-    "fast": {
-        "epochs": 12,
-        "batch_size": 256,
-        "learning_rate": 0.005,
-        "optimizer": "adam",
-        "schedule": "onecycle",
-        "warmup_epochs": 2.0,
-        "label_smoothing": 0.1,
-        "augment": True,
-        "tta": True,
-        "standardize": "zscore",
-        "precision": "auto",
-    },
-}
-
-
-def describe_recipe(name: str) -> str:
-    """What a recipe sets, as flags: '--optimizer adam --epochs 30 ...'."""
-    settings = RECIPES[name]
-    if not settings:
-        return "the defaults"
-    flags = []
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        flags.append(flag if value is True else f"{flag} {value}")
-    return " ".join(flags)
 
 
 def parse_step_range(text: str) -> tuple[int, int]:
