@@ -49,23 +49,17 @@ def versions() -> dict[str, str]:
     }
 
 
-# Images per shard that auto_shards aims at on a CPU: a shard's conv output then stays in
-# the cache (with bigger shards a larger batch trained fewer images per second).
-SHARD_IMAGES = 64
-
-
 def auto_shards(batch_size: int, on_gpu: bool) -> int:
-    """Shards per step when the user names none.
+    """Shards per step when the user names none: 2 on a multi-core CPU when the batch splits.
 
-    On a multi-core CPU, at least 2, and about `SHARD_IMAGES` images each (the most shards of
-    at least that size that divide the batch): one batch's step is a chain of small ops that
-    one core cannot keep another busy with, and independent shards keep every core working.
-    A GPU runs one batch as one.
+    One batch's step is a chain of small ops that one core cannot keep another busy with;
+    two independent shards, one thread each, keep both cores working. Larger batches keep
+    two shards: more, smaller shards were no faster at 256 and 512 (bench/RESULTS.md). A GPU
+    runs one batch as one.
     """
     if on_gpu or cpu_cores() < 2 or batch_size % 2:
         return 1
-    most = max(2, batch_size // SHARD_IMAGES)
-    return next(n for n in range(most, 1, -1) if batch_size % n == 0)
+    return 2
 
 
 def thread_counts(shards: int, on_gpu: bool) -> tuple[int, int] | None:
