@@ -1,5 +1,4 @@
-"""What the trainer's compiled functions return: a block of training steps (and its scalars
-once on the host), an evaluation."""
+"""What a block of compiled training steps returns, and its scalars once on the host."""
 
 from __future__ import annotations
 
@@ -33,15 +32,6 @@ class Block(NamedTuple):
         return BlockResult(int(steps), float(loss_sum), int(correct), bool(finite))
 
 
-class Evaluation(NamedTuple):
-    """What `Trainer.evaluate` returns: the mean loss, the accuracy, and the confusion matrix
-    (counts of true class by predicted class, float32: exact far beyond these counts)."""
-
-    loss: tf.Tensor
-    accuracy: tf.Tensor
-    confusion: tf.Tensor
-
-
 class BlockResult(NamedTuple):
     """A block's scalars, on the host."""
 
@@ -53,3 +43,12 @@ class BlockResult(NamedTuple):
     @property
     def loss(self) -> float:
         return self.loss_sum / self.steps
+
+
+class Evaluation(NamedTuple):
+    """What `Trainer.evaluate` returns: the mean loss, the accuracy, and the confusion matrix
+    (counts of true class by predicted class, float32: exact far beyond these counts)."""
+
+    loss: tf.Tensor
+    accuracy: tf.Tensor
+    confusion: tf.Tensor

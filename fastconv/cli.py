@@ -6,12 +6,14 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 import typing
 from pathlib import Path
 
-from fastconv import data, rundir
+from fastconv import data, faults, rundir
 from fastconv.config import ConfigError, TrainConfig, flag_of, resumed
+from fastconv.interruption import Interrupted, stop_at_once
 
 # Flags of the command, not of the run's configuration.
 COMMAND_FLAGS = ("resume", "quiet")
@@ -99,17 +101,59 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
-    """Runs the CLI; returns the process exit code. `started_at` is the process's start."""
+    """Runs the CLI; returns the process exit code. `started_at` is the process's start.
+
+    Exit codes: 0 done (or nothing to do), 2 a bad flag, data file, configuration or run
+    folder, 1 the training diverged, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
+    """
     started_at = started_at if started_at is not None else time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
     resume, quiet = getattr(args, "resume", False), getattr(args, "quiet", False)
     if resume and not getattr(args, "logdir", None):
         parser.error("argument --resume: needs the --logdir of the run to continue")
+
+    def log(line: str) -> None:
+        if line.startswith("warning:"):  # also under --quiet, with the errors
+            print(line, file=sys.stderr, flush=True)
+        elif not quiet:
+            print(line, flush=True)
+
+    try:
+        # Until the run answers signals itself, a stop ends the process at once: there is
+        # nothing to save yet.
+        with stop_at_once("during start-up"):
+            result = _run(parser, args, resume, log)
+    except Interrupted as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    if isinstance(result, int):
+        return result
+    total_seconds = time.perf_counter() - started_at
+    training = f"training {result.train_seconds:.1f} s"
+    if result.train_seconds_here is not None and result.train_seconds_here < result.train_seconds:
+        training = (  # a resumed run: this process trained only its share
+            f"training {result.train_seconds_here:.1f} s here, {result.train_seconds:.1f} s in "
+            "the whole run"
+        )
+    print(
+        f"validation accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}) | "
+        f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})"
+    )
+    print(
+        f"compile {result.compile_seconds:.1f} s | {training} | "
+        f"total wall time {total_seconds:.1f} s | run folder {result.config.logdir}"
+    )
+    return 0
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool, log):
+    """The run the flags ask for: its RunResult, or the exit code of a run refused."""
     try:
         config = configure(args, resume)
         # The data are read and split before TensorFlow starts: a bad file fails in a blink.
         arrays = data.book_split(data.load(config.data_dir), config)
+        require_profile_fits(config, len(arrays.train_images) // config.batch_size)
     except ConfigError as error:
         if error.field and not resume:  # a flag's value that the run cannot take
             parser.error(f"argument {flag_name(error.field)}: {error.value!r} {error.requirement}")
@@ -119,48 +163,65 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    # TensorFlow's C++ start-up chatter (oneDNN notices, CUDA probing on machines without a
-    # GPU) buries the run's own lines; failures still reach us as Python exceptions.
-    # A user who wants the chatter sets TF_CPP_MIN_LOG_LEVEL=0.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from fastconv import runtime  # imports TensorFlow, so only now
-    from fastconv.interruption import Interrupted
+    faults.reached("import")
+    import_tensorflow()
+    from fastconv import runtime
     from fastconv.loop import TrainingDiverged
+    from fastconv.resume import NothingToDo
     from fastconv.run import train_and_evaluate
-
-    def log(line: str) -> None:
-        if not quiet:
-            print(line, flush=True)
 
     log(" | ".join(f"{name} {version}" for name, version in runtime.versions().items()))
     log("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
+    live = sys.stdout.isatty() and not getattr(args, "quiet", False)
     try:
-        result = train_and_evaluate(
-            config, arrays, log=log, resume=resume, live_progress=sys.stdout.isatty() and not quiet
-        )
+        return train_and_evaluate(config, arrays, log=log, resume=resume, live_progress=live)
+    except NothingToDo as done:
+        print(done)
+        return 0
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (TrainingDiverged, Interrupted) as error:
+    except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
-        return error.exit_code if isinstance(error, Interrupted) else 1
-    except KeyboardInterrupt:
-        print(
-            "error: interrupted again before the block finished; "
-            f"the last checkpoint in {config.logdir} is kept",
-            file=sys.stderr,
+        return 1
+
+
+def require_profile_fits(config: TrainConfig, steps_per_epoch: int) -> None:
+    """--profile-steps within the run's steps (a window past its end would trace nothing)."""
+    if config.profile_steps is None:
+        return
+    first, last = config.profile_steps
+    if last > config.epochs * steps_per_epoch:
+        raise ConfigError.invalid(
+            "profile_steps",
+            f"{first},{last}",
+            f"reaches past the run's last step, {config.epochs * steps_per_epoch} "
+            f"({config.epochs} epochs of {steps_per_epoch} steps)",
         )
-        return 130
-    total_seconds = time.perf_counter() - started_at
-    print(
-        f"validation accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}) | "
-        f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})"
-    )
-    print(
-        f"compile {result.compile_seconds:.1f} s | training {result.train_seconds:.1f} s | "
-        f"total wall time {total_seconds:.1f} s | run folder {result.config.logdir}"
-    )
-    return 0
+
+
+def import_tensorflow() -> None:
+    """Imports TensorFlow without the C++ lines it prints as it loads (oneDNN notices, CUDA
+    probing on machines without a GPU): they come before TensorFlow's logging starts, so
+    TF_CPP_MIN_LOG_LEVEL does not hold them back, and they bury the run's own lines.
+    TF_CPP_MIN_LOG_LEVEL=0 lets them through; a failed import shows them after all."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        return  # imported already, or wanted loud
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(stderr, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
 
 
 def flag_name(field: str) -> str:

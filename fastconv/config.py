@@ -1,9 +1,8 @@
 """The run's configuration: one frozen dataclass whose defaults are the book's run.
 
-Each setting is written once, as a field with its `Flag`: the default, the flag's name,
-help, parser and the check of its value. `fastconv.cli` generates the command line from
-these fields, and `TrainConfig` runs the same checks, so a value is judged the same way
-from the command line and from Python.
+Each setting is written once, as a field with its `Flag` (default, flag, help, parser, check):
+`fastconv.cli` generates the command line from the fields, and `TrainConfig` runs the same
+checks, so a value is judged alike from the command line and from Python.
 """
 
 from __future__ import annotations
@@ -87,11 +86,8 @@ POSITIVE = {"check": _positive, "requirement": "must be a positive number"}
 
 
 def _one_of(choices: tuple) -> dict:
-    return {
-        "choices": choices,
-        "check": choices.__contains__,
-        "requirement": "must be one of " + ", ".join(choices),
-    }
+    requirement = "must be one of " + ", ".join(choices)
+    return {"choices": choices, "check": choices.__contains__, "requirement": requirement}
 
 
 def _fraction(value) -> bool:

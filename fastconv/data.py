@@ -113,7 +113,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def read_images_and_labels(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Reads a pair of IDX files and checks that they describe the same labelled images."""
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+    if images.ndim != 3:  # e.g. a labels file in the images' place: say what it holds
+        hint = " (is it a labels file?)" if images.ndim == 1 else ""
+        raise DataError(
+            f"{images_path}: holds an array of shape {images.shape}, expected images "
+            f"(N, {IMAGE_SIZE}, {IMAGE_SIZE}){hint}"
+        )
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(
             f"{images_path}: images of shape {images.shape[1:]}, "
             f"expected (N, {IMAGE_SIZE}, {IMAGE_SIZE})"

@@ -7,6 +7,11 @@ and the class names travel inside the model.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
@@ -14,9 +19,13 @@ import tensorflow as tf
 from fastconv.data import CLASS_NAMES, IMAGE_SIZE
 from fastconv.model import IMAGE_SHAPE
 from fastconv.pipeline import Standardization
+from fastconv.rundir import RunFolderError, reason
 from fastconv.trainer import Trainer
 
 SIGNATURE = "serving_default"
+# Beside the SavedModel: which run exported it, so a later export of the same run may
+# replace it and nothing else is overwritten.
+RECORD = "fastconv-export.json"
 
 
 class Classifier(tf.Module):
@@ -47,8 +56,67 @@ class Classifier(tf.Module):
         return {"probabilities": tf.nn.softmax(self._forpass(images))}
 
 
-def export(trainer: Trainer, standardize: Standardization, directory: str | Path) -> Path:
-    """Writes the SavedModel to `directory` (replacing what a previous export left there)."""
-    classifier = Classifier(trainer, standardize)
-    tf.saved_model.save(classifier, str(directory), signatures={SIGNATURE: classifier.classify})
-    return Path(directory)
+def export(
+    trainer: Trainer,
+    standardize: Standardization,
+    directory: str | Path,
+    run: str | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> Path:
+    """Writes the SavedModel to `directory`, whole or not at all.
+
+    The model is written beside it first, then moved into place, replacing a previous
+    export of the same `run` (the resolved run folder, see `check_target`); a failed or
+    stopped export (`before_commit` may raise) leaves no partial folder.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    try:
+        classifier = Classifier(trainer, standardize)
+        tf.saved_model.save(classifier, str(partial), signatures={SIGNATURE: classifier.classify})
+        (partial / RECORD).write_text(json.dumps({"run": run}) + "\n")
+        if before_commit:
+            before_commit()
+        if directory.exists():  # empty, or this run's previous export (check_target)
+            old = partial.with_name(partial.name.replace(".partial-", ".old-"))
+            os.replace(directory, old)
+            os.replace(partial, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, directory)
+    except (OSError, tf.errors.OpError) as error:
+        raise RunFolderError(
+            f"--export {directory}: cannot write there ({reason(error)})"
+        ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return directory
+
+
+def check_target(directory: str | Path, run: str | None) -> None:
+    """Refuses, before any training, an export folder the run could not write or must not
+    overwrite: a file, a folder holding anything but a previous export of the same `run`,
+    or a place that cannot be written."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RunFolderError(f"--export {directory}: is a file, not a folder")
+    if directory.is_dir() and any(directory.iterdir()):
+        try:
+            exported_by = json.loads((directory / RECORD).read_text())["run"]
+        except (OSError, ValueError, KeyError, TypeError):
+            exported_by = None
+        if run is None or exported_by != run:
+            raise RunFolderError(
+                f"--export {directory}: the folder is not empty and holds no earlier export "
+                "of this run; choose an empty or new folder"
+            )
+    # The export is written beside its folder: in its parent, or the nearest folder above.
+    existing = next(folder for folder in directory.absolute().parents if folder.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise RunFolderError(
+            f"--export {directory}: cannot write there ({reason(error)})"
+        ) from None

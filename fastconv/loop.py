@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
 from collections.abc import Callable
 
 import tensorflow as tf
 
-from fastconv import progress
+from fastconv import faults, progress
 from fastconv.checkpoints import Checkpoints
 from fastconv.config import TrainConfig
-from fastconv.interruption import Interrupted, StopRequests
+from fastconv.interruption import Interrupted, StopRequests, signal_name
 from fastconv.pipeline import Datasets
 from fastconv.profiling import Profiler
 from fastconv.summaries import Summaries
@@ -70,11 +69,13 @@ class RunLoop:
         state: LoopState,
         checkpoints: Checkpoints | None,
         summaries: Summaries | None,
+        requests: StopRequests,
         log: Callable[[str], None],
         live: bool,
     ):
         self.config, self.trainer, self.datasets, self.state = config, trainer, datasets, state
         self.checkpoints, self.summaries, self.log = checkpoints, summaries, log
+        self.requests = requests
         self.steps_per_epoch = datasets.steps_per_epoch
         block_steps = config.steps_per_call or (
             progress.live_block_steps(self.steps_per_epoch) if live else self.steps_per_epoch
@@ -84,6 +85,7 @@ class RunLoop:
         self.profiler = Profiler(config.logdir, config.profile_steps)
         self.checkpoint = checkpoints.latest if checkpoints else None
         self.saved = False  # whether the last block ended with a checkpoint
+        self.seconds_here = 0.0  # training seconds of this process (a resumed run's are fewer)
 
     def train(self) -> None:
         """Trains up to `config.epochs`; raises TrainingDiverged or Interrupted."""
@@ -91,11 +93,11 @@ class RunLoop:
         iterator = iter(self.datasets.train(self.trainer.steps_done))
         total_steps = self.config.epochs * self.steps_per_epoch
         try:
-            with StopRequests() as requests:
-                # The trainer's step counter is the loop's position: read between blocks only.
-                while (step := self.trainer.steps_done) < total_steps:
-                    self.train_block(iterator, step)
-                    self.answer(requests)
+            # The trainer's step counter is the loop's position: read between blocks only.
+            while (step := self.trainer.steps_done) < total_steps:
+                self.train_block(iterator, step)
+                faults.reached_step(self.trainer.steps_done)
+                self.answer()
         finally:
             self.profiler.stop()
 
@@ -119,7 +121,7 @@ class RunLoop:
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1} at step "
                 f"{step_in_epoch + block.steps} of {self.steps_per_epoch}: {what}; "
-                f"{_kept(self.checkpoint)}; lower --learning-rate "
+                f"{kept(self.checkpoint)}; lower --learning-rate "
                 f"(now {self.config.learning_rate})"
             )
         state = self.state
@@ -127,6 +129,7 @@ class RunLoop:
         state.correct += block.correct
         state.epoch_seconds += seconds
         state.train_seconds += seconds
+        self.seconds_here += seconds
         self.saved = False
         done = step_in_epoch + num_steps
         if done < self.steps_per_epoch:
@@ -168,9 +171,11 @@ class RunLoop:
         if self.checkpoints:
             self.checkpoint = self.checkpoints.save(self.state.to_json())
             self.saved = True
+            self.requests.kept = kept(self.checkpoint, self.config.logdir)
 
-    def answer(self, requests: StopRequests) -> None:
+    def answer(self) -> None:
         """Saves on SIGUSR1; saves and stops on SIGINT or SIGTERM."""
+        requests = self.requests
         if requests.save_requested and not self.saved:
             self.save()
             self.log(f"saved {self.checkpoint} (SIGUSR1)")
@@ -183,19 +188,23 @@ class RunLoop:
             requests.stop_signal, self.trainer.steps_done, self.steps_per_epoch
         )
         if self.checkpoint:
-            message += (
-                f"; saved {self.checkpoint}; resume with: python scripts/train.py "
-                f"--logdir {self.config.logdir} --resume"
-            )
+            message += f"; saved {self.checkpoint}; {resume_hint(self.config.logdir)}"
         else:
             message += "; no --logdir, so nothing was saved"
         raise Interrupted(requests.stop_signal, message)
 
 
-def _kept(checkpoint: str | None) -> str:
-    if checkpoint:
-        return f"the last good checkpoint, {checkpoint}, is kept"
-    return "no checkpoint had been saved"
+def kept(checkpoint: str | None, logdir: str | None = None) -> str:
+    """What a run that ends now keeps, as its last message says it; with the way to resume
+    it when `logdir` is given."""
+    if not checkpoint:
+        return "no checkpoint had been saved"
+    text = f"the last good checkpoint, {checkpoint}, is kept"
+    return f"{text}; {resume_hint(logdir)}" if logdir else text
+
+
+def resume_hint(logdir: str | None) -> str:
+    return f"resume with: python scripts/train.py --logdir {logdir} --resume"
 
 
 def _interrupted_message(signal_number: int, step: int, steps_per_epoch: int) -> str:
@@ -205,4 +214,4 @@ def _interrupted_message(signal_number: int, step: int, steps_per_epoch: int) ->
         if step_in_epoch == 0
         else f"in epoch {epoch + 1} after step {step_in_epoch} of {steps_per_epoch}"
     )
-    return f"interrupted by {signal.Signals(signal_number).name} {where}"
+    return f"interrupted by {signal_name(signal_number)} {where}"

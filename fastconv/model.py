@@ -211,3 +211,20 @@ def training_flops_per_image(n_kernels: int = 10, units: int = 100) -> int:
     conv = IMAGE_SIZE * IMAGE_SIZE * n_kernels * KERNEL_SIZE * KERNEL_SIZE * 2
     dense = (POOLED_SIZE * POOLED_SIZE * n_kernels * units + units * NUM_CLASSES) * 2
     return 2 * conv + 3 * dense
+
+
+def training_bytes(n_kernels: int, units: int, batch_size: int) -> int:
+    """A lower bound of the memory one float32 training step takes, in bytes.
+
+    The variables four times over (weights, gradients, the shards' sum, the optimizer's
+    read), and per image the conv layer's activations, which dominate: its output and its
+    gradient (28*28*K each), the pooled features and theirs, the hidden layer and its.
+    """
+    variables = (
+        KERNEL_SIZE * KERNEL_SIZE * n_kernels
+        + n_kernels
+        + (POOLED_SIZE * POOLED_SIZE * n_kernels + 1) * units
+        + (units + 1) * NUM_CLASSES
+    )
+    per_image = 2 * (IMAGE_SIZE * IMAGE_SIZE * n_kernels + POOLED_SIZE * POOLED_SIZE * n_kernels)
+    return 4 * (4 * variables + batch_size * (per_image + 2 * units))

@@ -9,12 +9,12 @@ Each image gets one line: where it came from, its class, and the class's probabi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from fastconv.cli import import_tensorflow
 from fastconv.data import IMAGE_SIZE, DataError, read_idx
 
 
@@ -28,6 +28,8 @@ def read_images(path: Path) -> np.ndarray:
         images = _read_png(path)
     else:
         images = read_idx(path)
+    if images.size == 0:
+        raise DataError(f"{path}: holds no images")
     if images.ndim == 2:
         images = images[np.newaxis]
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -45,6 +47,8 @@ def _read_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable .npy array ({error})") from None
     # Pixels as the model takes them: integers 0-255. Floats may be already scaled (0-1)
     # or standardized, which would be silently misread, so they are refused.
+    if array.size == 0:
+        raise DataError(f"{path}: holds no images")
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
             raise DataError(f"{path}: array of {array.dtype}, expected uint8 pixels 0-255")
@@ -53,6 +57,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
+    import_tensorflow()  # only now, and without its C++ start-up lines
     import tensorflow as tf
 
     try:
@@ -75,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_classifier(directory: str):
     """The exported model's serving function and class names; DataError if it is not one."""
+    import_tensorflow()  # only now, and without its C++ start-up lines
     import tensorflow as tf
 
     from fastconv.export import SIGNATURE
@@ -90,7 +96,6 @@ def load_classifier(directory: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         images = {path: read_images(path) for path in args.inputs}  # all checked before any work
         classify, class_names = load_classifier(args.model)

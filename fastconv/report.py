@@ -29,6 +29,8 @@ class RunResult:
     xla_speed_ratio: float | None  # XLA over graph-mode speed, probed on CPU runs with --xla
     trainer: Trainer = dataclasses.field(repr=False)
     checkpoint: str | None = None  # the last checkpoint saved (with a logdir)
+    # This process's share of `train_seconds`: less when the run was resumed.
+    train_seconds_here: float | None = None
     # The test set's counts of (true class, predicted class).
     test_confusion: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
@@ -36,8 +38,9 @@ class RunResult:
 def write_results(
     result: RunResult, logdir: Path, datasets: Datasets, summaries: Summaries
 ) -> None:
-    """metrics.json, the book's figures as PNG, and the test results in TensorBoard."""
-    rundir.write_json(logdir / rundir.METRICS, metrics(result, datasets.images_per_epoch))
+    """The book's figures as PNG, the test results in TensorBoard, and metrics.json, written
+    last: its epochs say that the results of that many epochs are complete (`--resume`
+    finishes a run whose results are missing)."""
     (logdir / "loss.png").write_bytes(figures.png_bytes(figures.loss_curves(result.history)))
     (logdir / "accuracy.png").write_bytes(figures.png_bytes(figures.accuracy_curve(result.history)))
     confusion = figures.confusion_matrix(result.test_confusion, data.CLASS_NAMES)
@@ -46,6 +49,8 @@ def write_results(
     summaries.test_results(
         len(result.history), result.test_loss, result.test_accuracy, confusion_png
     )
+    summaries.flush()
+    rundir.write_json(logdir / rundir.METRICS, metrics(result, datasets.images_per_epoch))
 
 
 def metrics(result: RunResult, images_per_epoch: int) -> dict:

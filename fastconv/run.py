@@ -1,11 +1,13 @@
-"""A run, assembled: the placement, the data, the trainer, the loop, the results.
+"""A run, assembled: the run folder, the placement, the data, the trainer, the loop, the
+results.
 
 `train_and_evaluate` reads top to bottom, as Flax's does; each piece it calls lives in a
-module of its own (`runtime`, `pipeline`, `trainer`, `loop`, `report`).
+module of its own (`rundir`, `resume`, `runtime`, `pipeline`, `trainer`, `loop`, `report`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -13,19 +15,17 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from fastconv import data, export, rundir, runtime, xla_probe
-from fastconv.checkpoints import Checkpoints
+from fastconv import checkpoints, data, export, faults, rundir, runtime, xla_probe
+from fastconv.checkpoints import Checkpoints, Start
 from fastconv.config import ConfigError, TrainConfig
-from fastconv.loop import LoopState, RunLoop
+from fastconv.interruption import StopRequests
+from fastconv.loop import LoopState, RunLoop, kept
 from fastconv.pipeline import RESIDENT_BYTES, Datasets, make_datasets
 from fastconv.report import RunResult, write_results
+from fastconv.resume import recorded_settings, starting_point
 from fastconv.runtime import Placement
 from fastconv.summaries import Summaries
 from fastconv.trainer import Trainer, make_trainer
-
-
-class NothingToResume(ConfigError):
-    """--resume named a run folder without a checkpoint in it."""
 
 
 def train_and_evaluate(
@@ -40,24 +40,43 @@ def train_and_evaluate(
     `dataset` is the data set (read from `config.data_dir` when None) or its split. With
     `config.logdir`, the run keeps its configuration, checkpoints (every epoch, on SIGUSR1,
     and when stopped by SIGINT or SIGTERM), TensorBoard logs, figures and metrics there;
-    `resume` continues the run from the folder's latest checkpoint, exactly where it
+    `resume` continues the run from the folder's newest intact checkpoint, exactly where it
     stopped. `log` receives the run's lines; `live_progress` adds a live bar per epoch.
+
+    The run holds its folder locked for its whole life. What it cannot do (a folder in use
+    or unwritable, nothing intact to resume, fewer epochs than done, an export folder it
+    must not overwrite) it refuses before writing anything, with a ConfigError. SIGINT and
+    SIGTERM are answered in every phase with `fastconv.interruption.Interrupted`.
     """
-    placement = runtime.start(config)
-    log(f"device: {placement.description}")
-    for note in placement.notes:
-        log(note)
-    if placement.strategy:
-        log(
-            f"strategy: {config.strategy}, {placement.replicas} replicas of "
-            f"{config.batch_size // placement.replicas}"
-        )
-        config = per_worker(config)
-    if dataset is None:
-        dataset = data.load(config.data_dir)
-    split = dataset if isinstance(dataset, data.BookSplit) else data.book_split(dataset, config)
-    with placement.device_scope():
-        return _run(config, placement, split, log, resume, live_progress)
+    config = per_worker(config)
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(rundir.claimed(config.logdir)) if config.logdir else None
+        nothing = kept(None) if folder else "no --logdir, so nothing was saved"
+        requests = stack.enter_context(StopRequests(nothing))
+        faults.reached("start-up")
+        if dataset is None:
+            dataset = data.load(config.data_dir)
+        split = dataset if isinstance(dataset, data.BookSplit) else data.book_split(dataset, config)
+        steps_per_epoch = len(split.train_images) // config.batch_size
+        start = starting_point(config, folder, steps_per_epoch, resume)
+        if config.export_dir:
+            export.check_target(config.export_dir, _run_id(folder))
+        recorded, notes = recorded_settings(folder) if start else (None, [])
+        placement = runtime.start(config, recorded)
+        for line in (*(start.notes if start else ()), f"device: {placement.description}"):
+            log(line)
+        for note in (*notes, *placement.notes):
+            log(note)
+        if placement.strategy:
+            log(
+                f"strategy: {config.strategy}, {placement.replicas} replicas of "
+                f"{config.batch_size // placement.replicas}"
+            )
+        with placement.device_scope():
+            try:
+                return _run(config, placement, split, folder, start, requests, log, live_progress)
+            except (OSError, tf.errors.OpError) as error:
+                raise _one_line(error, folder, requests) from None
 
 
 def per_worker(config: TrainConfig) -> TrainConfig:
@@ -71,24 +90,56 @@ def per_worker(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, logdir=logdir, export_dir=None)
 
 
-def _run(config, placement: Placement, split: data.BookSplit, log, resume, live_progress):
-    logdir = Path(config.logdir) if config.logdir else None
-    # Checked before anything is written: a refused run leaves the folder as it found it.
-    has_checkpoint = bool(logdir) and Checkpoints.exist(logdir / rundir.CHECKPOINTS)
-    if resume and not has_checkpoint:
-        raise NothingToResume(f"{logdir}: no checkpoint to resume from")
-    if not resume and has_checkpoint:
-        raise ConfigError(
-            f"{logdir} already holds a run's checkpoints: continue it with --resume, "
-            "or choose another --logdir"
-        )
-
-    summaries = Summaries(logdir) if logdir else None
+def _run(config, placement, split, folder, start, requests, log, live_progress):
     # The training images stay on the device when they fit, and only indices cross to it: on
     # a GPU that spares the host-to-device copies; on a CPU it keeps tf.data's threads off the
     # cores the steps use.
     resident = not placement.strategy and split.train_images.nbytes <= RESIDENT_BYTES
     datasets = make_datasets(split, config, placement.strategy, resident)
+    log(
+        f"data: {split.source} | train {datasets.train_size}, validation "
+        f"{len(split.validation_images)}, test {len(split.test_images)} "
+        f"| {datasets.steps_per_epoch} steps of {config.batch_size} per epoch"
+        + (" | training images resident on the device" if resident else "")
+    )
+    if start:  # every refusal is behind us: the first change to the folder
+        checkpoints.prepare(folder / rundir.CHECKPOINTS, start)
+    summaries = Summaries(folder) if folder else None
+    try:
+        result = _train(
+            config, placement, datasets, folder, start, summaries, requests, log, live_progress
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):  # a full disk fails the close too
+            if summaries:
+                summaries.close()
+        raise
+    if summaries:
+        summaries.close()
+    if config.export_dir:
+        faults.reached("export")
+
+        def answer_stop() -> None:  # before the export takes its folder's place
+            requests.check("during the export; the model was not exported")
+
+        export.export(
+            result.trainer, datasets.standardize, config.export_dir, _run_id(folder), answer_stop
+        )
+        log(f"exported the model to {config.export_dir}")
+    return result
+
+
+def _train(
+    config: TrainConfig,
+    placement: Placement,
+    datasets: Datasets,
+    folder: Path | None,
+    start: Start | None,
+    summaries: Summaries | None,
+    requests: StopRequests,
+    log: Callable[[str], None],
+    live_progress: bool,
+) -> RunResult:
     trainer = make_trainer(
         config,
         placement,
@@ -96,26 +147,25 @@ def _run(config, placement: Placement, split: data.BookSplit, log, resume, live_
         summaries.train if summaries else None,
         steps_per_epoch=datasets.steps_per_epoch,
     )
-    checkpoints = Checkpoints(logdir / rundir.CHECKPOINTS, trainer) if logdir else None
+    saved = Checkpoints(folder / rundir.CHECKPOINTS, trainer) if folder else None
     state = LoopState()
-    if resume:
-        state = LoopState.from_json(checkpoints.restore_latest())
-        log(f"resumed from {checkpoints.latest} (step {trainer.steps_done})")
-    if logdir:
-        rundir.write_json(logdir / rundir.CONFIG, config.to_dict())
+    if start:
+        state = LoopState.from_json(saved.restore(start))
+        log(f"resumed from {start.path} (step {trainer.steps_done})")
+        requests.kept = kept(start.path, config.logdir)
+    if folder:
+        rundir.require_space(folder, saved.bytes_needed())
+        rundir.write_json(folder / rundir.CONFIG, config.to_dict())
         environment = {"device": placement.description, "precision": placement.precision}
-        rundir.write_json(logdir / rundir.ENVIRONMENT, {**runtime.versions(), **environment})
+        environment["placement"] = placement.record()
+        rundir.write_json(folder / rundir.ENVIRONMENT, {**runtime.versions(), **environment})
 
-    log(
-        f"data: {split.source} | train {datasets.train_size}, validation "
-        f"{len(split.validation_images)}, test {len(split.test_images)} "
-        f"| {datasets.steps_per_epoch} steps of {config.batch_size} per epoch"
-        + (" | training images resident on the device" if resident else "")
-    )
     log(
         f"compiling ({'XLA' if config.xla else 'graph'}, {placement.precision}, "
         f"{placement.shards} shard(s) per step, {runtime.describe_threads()})..."
     )
+    requests.check("during start-up")
+    faults.reached("compile")
     compile_seconds = compile_trainer(trainer, datasets, config.profile_steps is not None)
     log(f"compiled in {compile_seconds:.2f} s")
     xla_ratio = None
@@ -126,37 +176,55 @@ def _run(config, placement: Placement, split: data.BookSplit, log, resume, live_
                 f"note: on this CPU the XLA steps ran at {xla_ratio:.2f}x the speed of graph "
                 "mode (measured just now, best of 3 x 50 steps); leave out --xla to train faster"
             )
-    if summaries and not resume:
-        summaries.hparams(config.to_dict(), logdir.name)
+    requests.check("while compiling")
+    if summaries and not start:
+        summaries.hparams(config.to_dict(), folder.name)
         summaries.graph(trainer, config.batch_size // trainer.replicas)  # the step as traced
 
-    loop = RunLoop(config, trainer, datasets, state, checkpoints, summaries, log, live_progress)
-    try:
-        loop.train()
-        test = trainer.evaluate(datasets.test)
-        result = RunResult(
-            config,
-            state.history,
-            state.history[-1].val_loss,
-            state.history[-1].val_accuracy,
-            float(test.loss),
-            float(test.accuracy),
-            compile_seconds,
-            state.train_seconds,
-            xla_ratio,
-            trainer,
-            loop.checkpoint,
-            test_confusion=test.confusion.numpy().astype(int),
-        )
-        if logdir:
-            write_results(result, logdir, datasets, summaries)
-    finally:
-        if summaries:
-            summaries.close()
-    if config.export_dir:
-        export.export(trainer, datasets.standardize, config.export_dir)
-        log(f"exported the model to {config.export_dir}")
+    loop = RunLoop(config, trainer, datasets, state, saved, summaries, requests, log, live_progress)
+    loop.train()
+    faults.reached("final-evaluation")
+    test = trainer.evaluate(datasets.test)
+    result = RunResult(
+        config,
+        state.history,
+        state.history[-1].val_loss,
+        state.history[-1].val_accuracy,
+        float(test.loss),
+        float(test.accuracy),
+        compile_seconds,
+        state.train_seconds,
+        xla_ratio,
+        trainer,
+        loop.checkpoint,
+        train_seconds_here=loop.seconds_here,
+        test_confusion=test.confusion.numpy().astype(int),
+    )
+    if folder:
+        write_results(result, folder, datasets, summaries)
+    results = f"; its results are in {folder}" if folder else ""
+    requests.check(f"during the final evaluation{results}")
     return result
+
+
+def _run_id(folder: Path | None) -> str | None:
+    """What names the run in its exports: its folder, resolved."""
+    return str(folder.resolve()) if folder else None
+
+
+def _one_line(error: Exception, folder: Path | None, requests: StopRequests) -> Exception:
+    """A failure to write (a full, read-only or vanished folder) or to allocate memory as one
+    line that says what is kept; anything else as it is."""
+    why = rundir.write_failure(error)
+    if why and folder:
+        where = getattr(error, "filename", None) or folder
+        return rundir.RunFolderError(f"cannot write {where} ({why}); {requests.kept}")
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return ConfigError(
+            f"out of memory ({str(error).splitlines()[0][:200]}); lower --batch-size, "
+            f"--kernels or --units; {requests.kept}"
+        )
+    return error
 
 
 def compile_trainer(trainer: Trainer, datasets: Datasets, profiled: bool = False) -> float:

@@ -1,8 +1,9 @@
 """The run folder (`--logdir`): where a run keeps everything it writes.
 
     runs/20261125-224501/
+      run.lock            held by the run while it lives (fastconv.lock): one run per folder
       config.json         the resolved configuration (what `--resume` continues)
-      environment.json    versions and device
+      environment.json    versions, device, and the settings resolved from the machine
       metrics.json        final losses, accuracies, speeds and times
       checkpoints/        tf.train.CheckpointManager's files
       train/, validation/ TensorBoard event files
@@ -15,16 +16,43 @@ killed at any moment never leaves half a file behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+
+from fastconv.config import ConfigError
+from fastconv.lock import RunLock
 
 RUNS = Path("runs")
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
+PARTIAL = ".partial"
+
+# The errors of a file that cannot be written where it should: the folder is missing, not a
+# folder, read-only, not ours, or full.
+WRITE_ERRNOS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EIO,
+)
+
+
+class RunFolderError(ConfigError):
+    """A folder of the run (`--logdir`, `--export`) cannot be made or written; the message
+    names it and says why, in the operating system's words."""
 
 
 def default_logdir(now: datetime.datetime | None = None) -> Path:
@@ -37,13 +65,84 @@ def default_logdir(now: datetime.datetime | None = None) -> Path:
     return candidate
 
 
+@contextlib.contextmanager
+def claimed(logdir: str | os.PathLike) -> Iterator[Path]:
+    """The run folder, made if need be and locked for as long as the block runs.
+
+    The lock comes before anything else is written: a second run on the folder is refused
+    (`fastconv.lock.FolderInUse`) and leaves it as it was. A folder that cannot be made or
+    written is a RunFolderError, before any work.
+    """
+    folder = Path(logdir)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"--logdir {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(folder).acquire()
+    except OSError as error:
+        raise RunFolderError(f"--logdir {folder}: cannot write there ({reason(error)})") from None
+    try:
+        for partial in folder.glob("*" + PARTIAL):  # a run killed inside write_json
+            partial.unlink()
+        yield folder
+    finally:
+        lock.release()
+
+
 def write_json(path: Path, value) -> None:
-    """Writes `value` as JSON atomically: readers see the old file or the new, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(partial, path)
+    """Writes `value` as JSON atomically: readers see the old file or the new, never a part
+    (nor, when the write fails, a partial file)."""
+    partial = path.with_name(path.name + PARTIAL)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(value, indent=2) + "\n")
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+
+
+def require_space(folder: Path, needed: int) -> None:
+    """Refuses, before training, a run folder without room for `needed` bytes."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise RunFolderError(
+            f"--logdir {folder}: {free / 2**20:.1f} MiB free, and the run's checkpoints need "
+            f"about {needed / 2**20:.1f} MiB"
+        )
 
 
 def read_json(path: Path):
     return json.loads(path.read_text())
+
+
+def recorded_placement(folder: Path) -> dict | None:
+    """The settings a run resolved from its machine when it started (environment.json's
+    "placement"), or None for a run folder without them."""
+    path = folder / ENVIRONMENT
+    try:
+        record = read_json(path).get("placement")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError) as error:
+        raise ConfigError(f"{path}: not a fastconv environment record ({error})") from None
+    if record is not None and not isinstance(record, dict):
+        raise ConfigError(f"{path}: its placement is not a record: {record!r}")
+    return record
+
+
+def reason(error: BaseException) -> str:
+    """Why a write failed, in the operating system's words (or the error's own)."""
+    return write_failure(error) or str(error).splitlines()[0]
+
+
+def write_failure(error: BaseException) -> str | None:
+    """The operating system's words when `error` is a failure to write a file (no space, a
+    read-only or missing folder, no permission); None for any other error.
+
+    TensorFlow's file errors (tf.errors.OpError) carry those words in their message."""
+    if isinstance(error, OSError):
+        return error.strerror if error.errno in WRITE_ERRNOS else None
+    text = str(error)
+    return next((os.strerror(n) for n in WRITE_ERRNOS if os.strerror(n) in text), None)

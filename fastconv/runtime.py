@@ -1,7 +1,8 @@
 """The process around the graph, resolved once: `place(config)` turns the configuration and
 the machine into a frozen `Placement` (device, strategy, shards, threads, precision, conv
 form) that the modules below read and never re-derive. The helpers it uses (devices and
-strategies, precision, threads, seeds, versions) live here too.
+strategies, precision, threads, seeds, versions) live here too; what the machine is (its
+CPU, memory and GPUs' details) lives in `fastconv.machine`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ import keras
 import tensorflow as tf
 
 from fastconv.config import ConfigError, TrainConfig
+from fastconv.machine import (  # cpu_name: also fastconv.runtime's for bench/
+    DeviceDescription,
+    cpu_cores,
+    cpu_name,  # noqa: F401
+    describe_device,
+    device_description,
+    require_memory,
+)
 from fastconv.model import fastest_conv_form
 
 
@@ -29,29 +38,6 @@ def enable_determinism() -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def cpu_name() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def _cpuinfo_field(name: str) -> str:
-    """The first value of `name` in /proc/cpuinfo; empty where there is none (not Linux)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.split(":", 1)[0].strip() == name:
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def describe_device(device: DeviceDescription, gpu_count: int) -> str:
-    """One line naming the device the run computes on, e.g. 'CPU: AMD EPYC 9R14 (2 cores)'."""
-    if device.kind == "GPU":
-        return f"GPU: {device.name} (x{gpu_count}, compute capability {device.compute_capability})"
-    return f"CPU: {device.name} ({cpu_cores()} cores)"
-
-
 def versions() -> dict[str, str]:
     from fastconv import __version__
 
@@ -63,31 +49,17 @@ def versions() -> dict[str, str]:
     }
 
 
-def cpu_cores() -> int:
-    """Cores this process may run on (its affinity), not the machine's total."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-# Images per shard that auto_shards aims at on a CPU: a shard's conv output then stays in
-# the cache (with bigger shards a larger batch trained fewer images per second).
-SHARD_IMAGES = 64
-
-
 def auto_shards(batch_size: int, on_gpu: bool) -> int:
-    """Shards per step when the user names none.
+    """Shards per step when the user names none: 2 on a multi-core CPU when the batch splits.
 
-    On a multi-core CPU, at least 2, and about `SHARD_IMAGES` images each (the most shards of
-    at least that size that divide the batch): one batch's step is a chain of small ops that
-    one core cannot keep another busy with, and independent shards keep every core working.
-    A GPU runs one batch as one.
+    One batch's step is a chain of small ops that one core cannot keep another busy with;
+    two independent shards, one thread each, keep both cores working. Larger batches keep
+    two shards: more, smaller shards were no faster at 256 and 512 (bench/RESULTS.md). A GPU
+    runs one batch as one.
     """
     if on_gpu or cpu_cores() < 2 or batch_size % 2:
         return 1
-    most = max(2, batch_size // SHARD_IMAGES)
-    return next(n for n in range(most, 1, -1) if batch_size % n == 0)
+    return 2
 
 
 def thread_counts(shards: int, on_gpu: bool) -> tuple[int, int] | None:
@@ -132,16 +104,6 @@ def describe_threads() -> str:
     return f"threads: {intra} per op, {inter} ops at once"
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceDescription:
-    """What the precision choice needs to know of a device."""
-
-    kind: str  # "CPU" or "GPU"
-    name: str = ""
-    compute_capability: tuple[int, int] | None = None  # GPUs
-    cpu_flags: frozenset[str] = frozenset()  # CPUs: /proc/cpuinfo flags
-
-
 def choose_precision(device: DeviceDescription) -> tuple[str, str]:
     """The precision `auto` picks for `device`, and why.
 
@@ -158,20 +120,6 @@ def choose_precision(device: DeviceDescription) -> tuple[str, str]:
     if bf16_units:
         return "mixed_bfloat16", f"CPU has bfloat16 units ({', '.join(bf16_units)})"
     return "float32", "CPU without bfloat16 units (no avx512_bf16 or amx_bf16)"
-
-
-def device_description(device: str, gpus: list) -> DeviceDescription:
-    """What `device` ("/CPU:0", "/GPU:1", as `resolve_device` gives) is, given the GPUs that
-    `prepare_gpus` listed."""
-    if device.startswith("/GPU"):
-        gpu = gpus[int(device.rsplit(":", 1)[1])]
-        details = tf.config.experimental.get_device_details(gpu)
-        return DeviceDescription(
-            "GPU", details.get("device_name", gpu.name), details.get("compute_capability")
-        )
-    return DeviceDescription(
-        "CPU", cpu_name(), cpu_flags=frozenset(_cpuinfo_field("flags").split())
-    )
 
 
 class DeviceError(ConfigError):
@@ -286,15 +234,30 @@ class Placement:
         """Where variables are made: a strategy's scope mirrors them across the replicas."""
         return self.strategy.scope() if self.strategy else contextlib.nullcontext()
 
+    def record(self) -> dict:
+        """The settings of `RECORDED`, and the replicas, as JSON for the run folder."""
+        record = {name: getattr(self, name) for name in RECORDED}
+        threads = list(self.threads) if self.threads else None
+        return {**record, "threads": threads, "replicas": self.replicas}
 
-def place(config: TrainConfig) -> Placement:
+
+# The settings resolved from the machine, kept in the run folder so a resumed run computes
+# as the run did, wherever it resumes (`Placement.record`, `place(config, recorded)`).
+RECORDED = ("shards", "threads", "precision", "conv_form")
+
+
+def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
     """Resolves what `config` leaves to the machine: the device, the strategy, shards,
-    threads, precision and conv form. Listing and configuring the GPUs runs no op, so the
-    threads can still be set after (`start`)."""
+    threads, precision and conv form. For a resumed run, `recorded` (valid settings of
+    `RECORDED` and the replicas, as the run resolved them when it started) replaces the
+    machine's choice, and a note says what differs. Listing and configuring the GPUs runs
+    no op, so the threads can still be set after (`start`)."""
     gpus = prepare_gpus()
     device = resolve_device(config.device, len(gpus))
     on_gpu = device.startswith("/GPU")
     description = device_description(device, gpus)
+    if not on_gpu:
+        require_memory(config)
     strategy = make_strategy(config.strategy, on_gpu)
     if strategy and config.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError.invalid(
@@ -303,11 +266,36 @@ def place(config: TrainConfig) -> Placement:
             f"does not split evenly across {strategy.num_replicas_in_sync} replicas",
         )
     shards = 1 if strategy else config.shards or auto_shards(config.batch_size, on_gpu)
-    precision, notes = config.precision, []
-    if precision == "auto":
-        precision, reason = choose_precision(description)
-        notes.append(f"precision: auto picked {precision}: {reason}")
-    if precision == "mixed_float16" and not on_gpu:
+    machine = {
+        "shards": shards,
+        "threads": thread_counts(shards, on_gpu),
+        "precision": config.precision,
+        "conv_form": fastest_conv_form(config.xla, on_gpu),
+    }
+    recorded = dict(recorded or {})
+    notes = []
+    if config.precision == "auto":
+        machine["precision"], reason = choose_precision(description)
+        if "precision" not in recorded:
+            notes.append(f"precision: auto picked {machine['precision']}: {reason}")
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    started_with = recorded.pop("replicas", replicas)
+    if started_with != replicas:
+        notes.append(
+            f"warning: the run started on {started_with} replica(s), this machine gives "
+            f"{replicas}: the batches split differently, so the sums may round differently"
+        )
+    settings = {**machine, **recorded}
+    differ = [name for name in RECORDED if settings[name] != machine[name]]
+    if differ:
+        notes.append(
+            "resumed as the run started: "
+            + ", ".join(f"{name} {settings[name]}" for name in differ)
+            + " (this machine alone would pick "
+            + ", ".join(f"{name} {machine[name]}" for name in differ)
+            + ")"
+        )
+    if settings["precision"] == "mixed_float16" and not on_gpu:
         notes.append(
             "warning: mixed_float16 on a CPU has no float16 units to use and ran several "
             "times slower than float32; mixed_bfloat16 or float32 train faster"
@@ -317,17 +305,14 @@ def place(config: TrainConfig) -> Placement:
         on_gpu=on_gpu,
         description=describe_device(description, len(gpus)),
         strategy=strategy,
-        shards=shards,
-        threads=thread_counts(shards, on_gpu),
-        precision=precision,
-        conv_form=fastest_conv_form(config.xla, on_gpu),
         notes=tuple(notes),
+        **settings,
     )
 
 
-def start(config: TrainConfig) -> Placement:
+def start(config: TrainConfig, recorded: dict | None = None) -> Placement:
     """`place`, then the process set up as it says: threads, determinism, seeds."""
-    placement = place(config)
+    placement = place(config, recorded)
     if not set_threads(placement.threads):  # only possible before TensorFlow's first op
         note = f"note: TensorFlow already started; keeping its threads, not {placement.threads}"
         placement = dataclasses.replace(placement, notes=(*placement.notes, note))

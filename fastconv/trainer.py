@@ -1,9 +1,9 @@
 """The graph side: a compiled training step, blocks of steps, and compiled evaluation.
 
 Two worlds, as in orbit: `train(iterator, num_steps)` is a pure graph loop that pulls batches
-from a tf.data iterator and runs `num_steps` SGD steps without returning to Python; everything
-that needs Python (printing, logging, checkpoints) happens between blocks, in `fastconv.run`.
-`num_steps` is a tensor, so blocks of any length share one trace.
+from a tf.data iterator and runs `num_steps` steps without returning to Python; what needs
+Python (printing, checkpoints) happens between blocks, in `fastconv.loop`. `num_steps` is a
+tensor, so blocks of any length share one trace.
 """
 
 from __future__ import annotations
@@ -36,14 +36,12 @@ class Trainer:
         steps, with XLA (`jit_compile=True`). The loop around them drives a tf.data
         iterator, which XLA cannot compile; the shards' gradients are summed and applied in
         graph mode, so the shards' compiled clusters run side by side as graph mode's do.
-      conv_form: which of `fastconv.model.CONV_FORMS` the forpass computes the conv layer
-        with; by default a CPU's fastest for the engine (`make_trainer` passes the one the
-        run's `fastconv.runtime.Placement` chose).
+      conv_form: the `fastconv.model.CONV_FORMS` entry of the forpass (default: a CPU's
+        fastest for the engine; `make_trainer` passes the placement's).
       shards: split each batch into this many equal shards, each with its own forward and
         backward pass of its loss divided by `shards`, and sum their gradients: the batch's
-        mean gradient (up to float32 rounding). The shards are independent, so the executor
-        runs them on different cores at once, where one batch's chain of small ops would
-        leave cores idle.
+        mean gradient (to float32 rounding). Independent shards run on different cores at
+        once, where one batch's chain of small ops would leave cores idle.
       loss_scaling: wrap the optimizer in Keras's `LossScaleOptimizer` (for `mixed_float16`):
         the loss is scaled before differentiation, the gradients unscaled before the update,
         and a step whose gradients are not finite is skipped while the scale is halved.
@@ -300,15 +298,8 @@ class Trainer:
 
     def trace_count(self) -> int:
         """How many times the compiled functions were traced (a retrace adds one)."""
-        functions = (
-            self.train,
-            self.train_one_step,
-            self.evaluate,
-            self.train_step,
-            self.shard_gradients,
-            self.eval_step,
-            self.predict_step,
-        )
+        functions = (self.train, self.train_one_step, self.evaluate, self.train_step)
+        functions += (self.shard_gradients, self.eval_step, self.predict_step)
         return sum(f.experimental_get_tracing_count() for f in functions)
 
 

@@ -75,7 +75,7 @@ def run_script(name: str, *args: str, timeout: float = 600, **popen) -> subproce
     )
 
 
-def start_script(name: str, *args: str) -> subprocess.Popen:
+def start_script(name: str, *args: str, **popen) -> subprocess.Popen:
     """Starts scripts/<name>; stdout is a line-buffered text pipe, stderr is kept apart."""
     return subprocess.Popen(
         [sys.executable, str(SCRIPTS / name), *args],
@@ -83,6 +83,7 @@ def start_script(name: str, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         bufsize=1,
+        **popen,
     )
 
 

@@ -1,0 +1,488 @@
+"""The run folder under faults and misuse: one run per folder, a resume that does what it is
+told, damaged checkpoints, unwritable and full folders, export folders.
+
+What is refused is refused before any training, so most cases run in this process through
+`cli.main` (TensorFlow is imported already); the runs that must train go through
+scripts/train.py, paused at exact points by the hooks of `fastconv.faults`.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from folders import (
+    DATA,
+    copy_of,
+    debris,
+    fill,
+    flags,
+    read_only_folder,
+    read_whole,
+    snapshot,
+    tmpfs,
+    wait_for_line,
+    with_env,
+)
+from helpers import start_script, synthetic_dataset, write_dataset
+
+from fastconv import checkpoints, cli, export, rundir, runtime
+from fastconv.checkpoints import NothingToResume
+from fastconv.config import TrainConfig
+from fastconv.run import train_and_evaluate
+from fastconv.rundir import RunFolderError
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), train=2000, test=200)
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory) -> Path:
+    """A finished 2-epoch run: checkpoints ckpt-50 and ckpt-100, its results written."""
+    logdir = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(flags(data_dir, logdir, "--epochs", "2", "--quiet")) == 0
+    return logdir
+
+
+def main(capsys, *argv: str) -> tuple[int, str, str]:
+    """cli.main in this process: its exit code, stdout and stderr."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_lines(err: str) -> list[str]:
+    return err.strip().splitlines()
+
+
+# One run per folder
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_changes_nothing(data_dir, tmp_path, capsys):
+    logdir = tmp_path / "run"
+    first = start_script(
+        "train.py",
+        *flags(data_dir, logdir, "--epochs", "2"),
+        stdin=subprocess.PIPE,
+        env=with_env(FASTCONV_TEST_PAUSE_CHECKPOINT="50"),
+    )
+    try:
+        wait_for_line(first, r"^test hook: paused in the write of")
+        before = snapshot(logdir)
+        for more in ([], ["--resume"]):  # a new run, and a resume of the one running
+            code, _, err = main(capsys, *flags(data_dir, logdir, *more))
+            assert code == 2
+            assert error_lines(err) == [
+                f"error: {logdir}: another run is using this run folder; wait for it to end, "
+                "or choose another --logdir"
+            ]
+            assert snapshot(logdir) == before
+        first.stdin.write("\n")  # the first run goes on, undisturbed
+        first.stdin.flush()
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    assert json.loads((logdir / "metrics.json").read_text())["epochs"] == 2
+    for writer in ("train", "validation", "test"):
+        assert len(list((logdir / writer).iterdir())) == 1  # one run's event file
+
+
+# --resume: every flag given applied or refused, the epochs done respected
+
+
+@pytest.mark.parametrize(
+    "flag, value, field, saved",
+    [
+        ("--batch-size", "128", "batch_size", 32),  # 128 is the default
+        ("--learning-rate", "0.01", "learning_rate", 0.05),  # so is 0.01
+        ("--kernels", "10", "n_kernels", 12),
+        ("--precision", "float32", "precision", "auto"),
+        ("--seed", "42", "seed", 7),
+    ],
+)
+def test_resume_refuses_a_flag_that_changes_the_arithmetic_even_at_its_default(
+    tmp_path, capsys, flag, value, field, saved
+):
+    config = TrainConfig(batch_size=32, learning_rate=0.05, n_kernels=12, precision="auto", seed=7)
+    rundir.write_json(tmp_path / rundir.CONFIG, config.to_dict())
+    code, _, err = main(capsys, "--logdir", str(tmp_path), "--resume", flag, value)
+    assert code == 2
+    given = json.loads(value) if field != "precision" else value
+    assert error_lines(err) == [
+        f"error: {field}={given!r} differs from the resumed run's {field}={saved!r}; a resumed "
+        "run keeps its configuration (start a new --logdir to change it)"
+    ]
+
+
+def test_resume_at_or_below_the_epochs_done_says_so_and_changes_nothing(finished, tmp_path, capsys):
+    run = copy_of(finished, tmp_path)
+    before = snapshot(run)
+    code, _, err = main(capsys, "--logdir", str(run), "--resume", "--epochs", "1")
+    assert code == 2
+    assert error_lines(err) == [
+        f"error: --epochs 1: the run in {run} has trained 2 epoch(s) already (up to "
+        f"{run / 'checkpoints' / 'ckpt-100'}); a resumed run cannot train fewer, so nothing "
+        "was changed"
+    ]
+    for more in ([], ["--epochs", "2"]):  # its own epochs, or the same given
+        code, out, err = main(capsys, "--logdir", str(run), "--resume", *more)
+        assert code == 0 and not err
+        assert out.splitlines()[-1] == (
+            f"{run}: the run has trained and reported its 2 epoch(s) already; nothing to do "
+            "(give a larger --epochs to train it further)"
+        )
+    assert snapshot(run) == before
+
+
+def saved_config(run: Path, **changes) -> TrainConfig:
+    """The configuration of the run in `run` (a copy: its own folder), with `changes`."""
+    saved = json.loads((run / rundir.CONFIG).read_text())
+    return TrainConfig(**{**saved, "logdir": str(run), **changes})
+
+
+def machine_choice() -> runtime.Placement:
+    return runtime.place(TrainConfig(batch_size=32, precision="auto"))
+
+
+def test_a_resumed_run_computes_with_the_settings_the_run_recorded(finished, tmp_path):
+    """The settings `auto` resolved from the machine are recorded when a run starts and
+    reused when it resumes, even where this machine would choose otherwise."""
+    environment = json.loads((finished / rundir.ENVIRONMENT).read_text())
+    assert environment["placement"] == runtime.place(TrainConfig(batch_size=32)).record()
+    run = copy_of(finished, tmp_path)
+    here = machine_choice()
+    other = {  # each unlike what this machine picks
+        "shards": 1 if here.shards != 1 else 2,
+        "threads": None,
+        "precision": "float32" if here.precision != "float32" else "mixed_bfloat16",
+        "conv_form": "nn" if here.conv_form != "nn" else "patches",
+        "replicas": 1,
+    }
+    rundir.write_json(run / rundir.ENVIRONMENT, {**environment, "placement": other})
+    config = saved_config(run, precision="auto")
+    rundir.write_json(run / rundir.CONFIG, config.to_dict())
+    lines = []
+    result = train_and_evaluate(
+        dataclasses.replace(config, epochs=3), log=lines.append, resume=True
+    )
+    trainer = result.trainer
+    assert (trainer.shards, trainer.conv_form) == (other["shards"], other["conv_form"])
+    assert trainer.model.dtype_policy.name == other["precision"]
+    note = next(line for line in lines if line.startswith("resumed as the run started: "))
+    for name in ("shards", "precision", "conv_form"):
+        assert f"{name} {other[name]}" in note and f"{name} {getattr(here, name)}" in note
+    recorded = json.loads((run / rundir.ENVIRONMENT).read_text())["placement"]
+    assert recorded == other  # still the run's own, for its next resume
+
+
+def test_settings_the_machine_cannot_honour_are_said_before_any_work(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    environment = json.loads((run / rundir.ENVIRONMENT).read_text())
+    placement = {**environment["placement"], "replicas": 2, "conv_form": "winograd"}
+    rundir.write_json(run / rundir.ENVIRONMENT, {**environment, "placement": placement})
+    config = saved_config(run, epochs=3)
+    lines = []
+    train_and_evaluate(config, log=lines.append, resume=True)
+    warnings = [i for i, line in enumerate(lines) if line.startswith("warning:")]
+    assert [lines[i] for i in warnings] == [
+        f"warning: cannot resume with the run's conv_form 'winograd' (in "
+        f"{run / rundir.ENVIRONMENT}); this machine's choice may compute differently",
+        "warning: the run started on 2 replica(s), this machine gives 1: the batches split "
+        "differently, so the sums may round differently",
+    ]
+    first_work = next(i for i, line in enumerate(lines) if line.startswith("data:"))
+    assert max(warnings) < first_work
+
+
+# Damaged checkpoints
+
+
+def _flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "data truncated": lambda path: os.truncate(f"{path}.{DATA}", 100),
+    "data zeroed": lambda path: Path(f"{path}.{DATA}").write_bytes(
+        bytes(Path(f"{path}.{DATA}").stat().st_size)
+    ),
+    "data bit-flipped": lambda path: _flip_a_bit(Path(f"{path}.{DATA}")),
+    "data missing": lambda path: Path(f"{path}.{DATA}").unlink(),
+    "index garbled": lambda path: Path(f"{path}.index").write_bytes(b"not an index" * 40),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_taken(finished, tmp_path, damage):
+    directory = copy_of(finished, tmp_path) / rundir.CHECKPOINTS
+    DAMAGE[damage](directory / "ckpt-100")
+    start = checkpoints.find_start(directory)
+    assert (start.path, start.step) == (str(directory / "ckpt-50"), 50)
+    assert len(start.run_state["history"]) == 1
+    (note,) = start.notes
+    assert note.startswith(f"warning: checkpoint {directory / 'ckpt-100'} is damaged (")
+    checkpoints.prepare(directory, start)
+    assert tf.train.latest_checkpoint(str(directory)) == str(directory / "ckpt-50")
+
+
+@pytest.mark.parametrize("index", ["missing", "garbled"])
+def test_a_lost_index_file_is_rebuilt_from_the_checkpoints_present(finished, tmp_path, index):
+    directory = copy_of(finished, tmp_path) / rundir.CHECKPOINTS
+    if index == "missing":
+        (directory / "checkpoint").unlink()
+    else:
+        (directory / "checkpoint").write_text("model_checkpoint_path: {{{ not a proto\n")
+    start = checkpoints.find_start(directory)
+    assert start.path == str(directory / "ckpt-100")
+    assert start.notes == (
+        f"note: {directory / 'checkpoint'} is missing or unreadable; it will be rebuilt from the "
+        "checkpoints present (ckpt-50, ckpt-100)",
+    )
+    checkpoints.prepare(directory, start)
+    state = tf.train.get_checkpoint_state(str(directory))
+    assert state.model_checkpoint_path == str(directory / "ckpt-100")
+    assert list(state.all_model_checkpoint_paths) == [
+        str(directory / f"ckpt-{n}") for n in (50, 100)
+    ]
+
+
+def test_no_intact_checkpoint_is_one_line_exit_2(finished, tmp_path, capsys):
+    run = copy_of(finished, tmp_path)
+    for number in (50, 100):
+        DAMAGE["data truncated"](run / rundir.CHECKPOINTS / f"ckpt-{number}")
+    before = snapshot(run)
+    code, _, err = main(capsys, "--logdir", str(run), "--resume", "--epochs", "3")
+    assert code == 2
+    (line,) = error_lines(err)
+    directory = run / rundir.CHECKPOINTS
+    assert line.startswith(f"error: {directory}: no intact checkpoint to resume from; ")
+    assert f"{directory / 'ckpt-100'} is damaged (" in line
+    assert f"{directory / 'ckpt-50'} is damaged (" in line
+    assert snapshot(run) == before
+    with pytest.raises(NothingToResume, match="no checkpoint to resume from"):
+        checkpoints.find_start(tmp_path / "empty")
+
+
+def test_a_run_resumes_past_a_damaged_checkpoint_to_its_end(finished, tmp_path, capsys):
+    run = copy_of(finished, tmp_path)
+    directory = run / rundir.CHECKPOINTS
+    DAMAGE["data bit-flipped"](directory / "ckpt-100")
+    code, out, err = main(capsys, "--logdir", str(run), "--resume", "--epochs", "3", "--quiet")
+    assert code == 0, err
+    (warning,) = error_lines(err)  # said also under --quiet
+    assert warning.startswith(f"warning: checkpoint {directory / 'ckpt-100'} is damaged (")
+    # A resumed run's timings say which are its own.
+    here, whole = (float(x) for x in re_search(r"training (\S+) s here, (\S+) s in the whole", out))
+    assert here <= whole
+    history = json.loads(read_values(directory)["run_state/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert [epoch["epoch"] for epoch in history["history"]] == [1, 2, 3]
+    for number in (50, 100, 150):  # ckpt-100 written again, intact
+        read_whole(directory / f"ckpt-{number}")
+    assert tf.train.latest_checkpoint(str(directory)) == str(directory / "ckpt-150")
+    assert not debris(run)
+
+
+def read_values(directory: Path) -> dict:
+    reader = tf.train.load_checkpoint(str(directory))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def re_search(pattern: str, text: str) -> tuple[str, ...]:
+    match = re.search(pattern, text)
+    assert match, text
+    return match.groups()
+
+
+# Unwritable, missing and full folders
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "a-file"
+    path.write_text("not a folder\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "where, why",
+    [
+        ("/proc/fastconv-run", "cannot write there (No such file or directory)"),
+        ("{file}/run", "cannot write there (Not a directory)"),
+        ("{file}", "is a file, not a folder"),
+    ],
+)
+def test_an_unusable_logdir_is_one_line_exit_2_before_any_work(
+    data_dir, a_file, capsys, where, why
+):
+    logdir = where.format(file=a_file)
+    code, out, err = main(capsys, *flags(data_dir, logdir, "--epochs", "1"))
+    assert code == 2
+    assert error_lines(err) == [f"error: --logdir {logdir}: {why}"]
+    assert "compiling" not in out
+
+
+def test_a_read_only_logdir_is_one_line_exit_2(data_dir, tmp_path, capsys):
+    with read_only_folder(tmp_path / "read-only") as folder:
+        code, _, err = main(capsys, *flags(data_dir, folder / "run", "--epochs", "1"))
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith(f"error: --logdir {folder / 'run'}: cannot write there (")
+    assert line.endswith(("(Read-only file system)", "(Permission denied)"))
+
+
+def test_a_logdir_without_room_for_the_checkpoints_is_refused_before_training(
+    data_dir, tmp_path, capsys
+):
+    with tmpfs(tmp_path / "small", "1m") as disk:
+        code, out, err = main(capsys, *flags(data_dir, disk / "run", "--epochs", "1"))
+        assert code == 2
+        (line,) = error_lines(err)
+        assert line.startswith(f"error: --logdir {disk / 'run'}: ")
+        assert " MiB free, and the run's checkpoints need about " in line
+        assert "compiling" not in out
+
+
+def test_a_disk_that_fills_during_the_run_keeps_the_last_checkpoint_and_no_debris(
+    data_dir, tmp_path
+):
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        logdir = disk / "run"
+        run = start_script(
+            "train.py",
+            *flags(data_dir, logdir, "--epochs", "3"),
+            stdin=subprocess.PIPE,
+            env=with_env(FASTCONV_TEST_PAUSE_CHECKPOINT="50"),
+        )
+        try:
+            wait_for_line(run, r"^test hook: paused in the write of")
+            fill(disk, leave=100_000)  # room for the event files, not for a checkpoint
+            run.stdin.write("\n")
+            run.stdin.flush()
+            _, stderr = run.communicate(timeout=300)
+        finally:
+            run.kill()
+        assert run.returncode == 2, stderr
+        directory = logdir / rundir.CHECKPOINTS
+        assert stderr.strip().splitlines() == [
+            f"error: cannot save checkpoint {directory / 'ckpt-100'} (No space left on device); "
+            f"the last good checkpoint, {directory / 'ckpt-50'}, is kept"
+        ]
+        assert tf.train.latest_checkpoint(str(directory)) == str(directory / "ckpt-50")
+        read_whole(directory / "ckpt-50")
+        assert not debris(logdir)
+        assert sorted(p.name for p in directory.iterdir()) == sorted(
+            ["checkpoint", "ckpt-50.index", f"ckpt-50.{DATA}"]
+        )
+
+
+# Export folders
+
+
+@pytest.mark.parametrize(
+    "where, why",
+    [
+        ("{file}", "is a file, not a folder"),
+        ("{file}/model", "cannot write there (Not a directory)"),
+        (
+            "{foreign}",
+            "the folder is not empty and holds no earlier export of this run; "
+            "choose an empty or new folder",
+        ),
+    ],
+)
+def test_an_export_folder_that_cannot_take_the_model_is_refused_before_training(
+    data_dir, tmp_path, a_file, capsys, where, why
+):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    target = where.format(file=a_file, foreign=foreign)
+    logdir = tmp_path / "run"
+    code, out, err = main(capsys, *flags(data_dir, logdir, "--epochs", "1", "--export", target))
+    assert code == 2
+    assert error_lines(err) == [f"error: --export {target}: {why}"]
+    assert "compiling" not in out and not (logdir / rundir.CHECKPOINTS).exists()
+    assert (foreign / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_read_only_export_folder_is_refused_before_training(data_dir, tmp_path, capsys):
+    with read_only_folder(tmp_path / "read-only") as folder:
+        target = folder / "model"
+        code, _, err = main(capsys, *flags(data_dir, tmp_path / "run", "--export", str(target)))
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith(f"error: --export {target}: cannot write there (")
+
+
+def test_an_export_that_fills_the_disk_leaves_no_partial_model(tmp_path):
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        config = TrainConfig(epochs=1, batch_size=32, export_dir=str(disk / "model"))
+        with pytest.raises(RunFolderError) as failed:
+            train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+        assert str(failed.value) == (
+            f"--export {disk / 'model'}: cannot write there (No space left on device)"
+        )
+        assert list(disk.iterdir()) == []
+
+
+def test_an_export_replaces_only_an_earlier_export_of_the_same_run(tmp_path):
+    model = tmp_path / "model"
+    config = TrainConfig(
+        epochs=1, batch_size=32, logdir=str(tmp_path / "run"), export_dir=str(model)
+    )
+    train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    first = model.joinpath("saved_model.pb").stat().st_mtime_ns
+    assert json.loads((model / export.RECORD).read_text()) == {
+        "run": str((tmp_path / "run").resolve())
+    }
+    # The same run, resumed for a second epoch: its export is replaced.
+    again = TrainConfig(**{**config.to_dict(), "epochs": 2})
+    result = train_and_evaluate(again, synthetic_dataset(), log=lambda line: None, resume=True)
+    assert model.joinpath("saved_model.pb").stat().st_mtime_ns != first
+    loaded = tf.saved_model.load(str(model)).signatures["serving_default"]
+    images = synthetic_dataset().test_images[:5]
+    probabilities = loaded(images=tf.constant(images))["probabilities"].numpy()
+    expected = result.trainer.predict_step(tf.constant(images[..., None] / np.float32(255)))
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), expected.numpy())
+    assert not debris(tmp_path)
+    # Another run may not overwrite it.
+    with pytest.raises(RunFolderError, match="holds no earlier export of this run"):
+        export.check_target(model, str(tmp_path / "another-run"))
+
+
+# The smaller items
+
+
+def test_a_network_too_large_for_the_memory_is_one_line_exit_2(data_dir, tmp_path, capsys):
+    argv = flags(data_dir, tmp_path / "run", "--kernels", "100000", "--device", "cpu")
+    code, out, err = main(capsys, *argv)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert line.startswith("error: --kernels 100000 --units 100 --batch-size 32: a training step ")
+    assert " GiB available" in line and "compiling" not in out
+
+
+def test_a_profile_window_past_the_runs_last_step_is_a_flag_error(data_dir, tmp_path, capsys):
+    argv = flags(data_dir, tmp_path / "run", "--epochs", "2", "--profile-steps", "1,100000")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "error: argument --profile-steps: '1,100000' reaches past the run's last step, 100 "
+            "(2 epochs of 50 steps)"
+        )
+    )
