@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import sys
 import tempfile
@@ -246,6 +247,12 @@ def configure(args: argparse.Namespace, resume: bool) -> TrainConfig:
     return resumed(saved_config, given_settings(args))
 
 
-def main_entry() -> None:
-    """The console script `fastconv-train`."""
-    sys.exit(main())
+def main_entry(started_at: float | None = None) -> None:
+    """The console script `fastconv-train` (and scripts/train.py): runs, then exits at once.
+
+    Python's last garbage collection at exit walks every object TensorFlow made, 0.6 s for
+    nothing (the run's files are closed by now): frozen, they are left to the process's end.
+    """
+    code = main(started_at=started_at)
+    gc.freeze()
+    sys.exit(code)

@@ -6,13 +6,12 @@ Everything here is NumPy; the tf.data side lives in `fastconv.pipeline`.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import math
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
+from isal import igzip, isal_zlib  # ISA-L's gzip: the 26 MB of images in half zlib's time
 
 from fastconv.config import TrainConfig
 
@@ -87,8 +86,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     if raw[:2] == b"\x1f\x8b":
         try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as error:
+            raw = igzip.decompress(raw)
+        except (EOFError, OSError, isal_zlib.error) as error:
             raise DataError(f"{path}: corrupt or truncated gzip data ({error})") from None
     if not raw:
         raise DataError(f"{path}: file is empty")

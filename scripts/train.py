@@ -4,9 +4,7 @@ import time
 
 STARTED_AT = time.perf_counter()  # before any import: the wall time reported includes start-up
 
-import sys  # noqa: E402
-
-from fastconv.cli import main  # noqa: E402
+from fastconv.cli import main_entry  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(started_at=STARTED_AT))
+    main_entry(started_at=STARTED_AT)
