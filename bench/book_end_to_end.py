@@ -23,7 +23,6 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - STARTED_AT
@@ -31,8 +30,7 @@ IMPORT_SECONDS = time.perf_counter() - STARTED_AT
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's fastconv, the book's class
 from book_convnet import ConvolutionNetwork  # noqa: E402
-
-from fastconv import data  # noqa: E402
+from book_setup import book_arrays  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -42,17 +40,8 @@ def main(argv=None) -> None:
     seconds = {"import": IMPORT_SECONDS}
 
     start = time.perf_counter()
-    dataset = data.load(download=False)
-    split = data.stratified_split(dataset.train_labels)
-
-    def arrays(images, labels):  # as the book prepares them: x / 255, one-hot targets
-        return images.reshape(-1, 28, 28, 1) / 255, np.eye(10)[labels]
-
-    x, y = arrays(dataset.train_images[split.train], dataset.train_labels[split.train])
-    x_val, y_val = arrays(
-        dataset.train_images[split.validation], dataset.train_labels[split.validation]
-    )
-    x_test, y_test = arrays(dataset.test_images, dataset.test_labels)
+    sets = book_arrays()  # as the book prepares them: x / 255, one-hot targets, float64
+    (x, y), (x_val, y_val), (x_test, y_test) = sets["train"], sets["validation"], sets["test"]
     seconds["data"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -30,8 +30,9 @@ import tensorflow as tf  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - STARTED_AT
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's fastconv
-from fastconv import data  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's fastconv, bench/book_setup.py
+from book_setup import book_arrays, keras_network  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,33 +70,14 @@ def main(argv=None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
     start = time.perf_counter()
-    dataset = data.load(download=False)
-    split = data.stratified_split(dataset.train_labels)
-
-    def arrays(images, labels):  # the book's x / 255 and one-hot targets
-        x = (images.reshape(-1, 28, 28, 1) / 255).astype("float32")
-        return x, np.eye(10, dtype="float32")[labels]
-
-    x, y = arrays(dataset.train_images[split.train], dataset.train_labels[split.train])
-    x_val, y_val = arrays(
-        dataset.train_images[split.validation], dataset.train_labels[split.validation]
-    )
-    x_test, y_test = arrays(dataset.test_images, dataset.test_labels)
+    sets = book_arrays(np.float32)  # Keras's users hand fit float32 arrays
+    (x, y), (x_val, y_val), (x_test, y_test) = sets["train"], sets["validation"], sets["test"]
     seconds["data"] = time.perf_counter() - start
 
     start = time.perf_counter()
     keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(42)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(10, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(100, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
+    model = keras_network()
     model.compile(
         optimizer=keras.optimizers.SGD(0.01),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),

@@ -291,26 +291,13 @@ def _set_threads(threads: str) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(inter)
 
 
-def _book_arrays(part: str = "train"):
-    """The book's split and arrays: x (N, 28, 28, 1) / 255 in float64, one-hot targets;
-    `part`: "train" or "validation"."""
-    import numpy as np
-
-    from fastconv import data
-
-    dataset = data.load(download=False)
-    indices = getattr(data.stratified_split(dataset.train_labels), part)
-    x = dataset.train_images[indices].reshape(-1, 28, 28, 1) / 255
-    y = np.eye(10)[dataset.train_labels[indices]]
-    return x, y
-
-
 def _book():
     import numpy as np
     import tensorflow as tf
     from book_convnet import ConvolutionNetwork
+    from book_setup import book_arrays
 
-    x, y = _book_arrays()
+    x, y = book_arrays()["train"]
     network = ConvolutionNetwork(n_kernels=10, units=100, batch_size=BATCH_SIZE, learning_rate=0.01)
     # What the book's fit does before its epochs; its epoch loop then runs one epoch a round.
     network.init_weights(x.shape, 10)
@@ -334,25 +321,16 @@ def _keras(
     threads = threads or KERAS_THREADS
     _set_threads(threads)  # before TensorFlow's first op
     import keras
+    import numpy as np
 
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(42)
-    x, y = _book_arrays()
-    x = x.astype("float32")
-    validation_data = None
-    if validation:
-        x_val, y_val = _book_arrays("validation")
-        validation_data = (x_val.astype("float32"), y_val)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(10, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(100, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
+    from book_setup import book_arrays, keras_network
+
+    sets = book_arrays(np.float32)
+    x, y = sets["train"]
+    validation_data = sets["validation"] if validation else None
+    model = keras_network()
     # Training reports the loss only (fastconv's steps also count correct predictions); the
     # validation pass computes accuracy, as a user's fit with validation_data does.
     metrics = ["accuracy"] if validation else []

@@ -29,3 +29,12 @@ def book_split(fashion_mnist):
         return x, np.eye(10)[fashion_mnist.train_labels[indices]]
 
     return arrays(split.train), arrays(split.validation)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A small synthetic data set on disk (2,000 training images, 200 test), for the runs
+    of the CLI and run-folder tests; read only."""
+    from helpers import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data"), train=2000, test=200)

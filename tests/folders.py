@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
+from helpers import start_script
 
 STEPS_PER_EPOCH = 50  # 2,000 synthetic images: 1,600 to train, in batches of 32
 DATA = "data-00000-of-00001"  # the one data file of a checkpoint
@@ -35,6 +36,29 @@ def wait_for_line(process: subprocess.Popen, pattern: str) -> str:
             return line
     process.kill()
     raise AssertionError(f"the run ended without printing {pattern!r}: {process.stderr.read()}")
+
+
+@contextlib.contextmanager
+def run_paused_in_checkpoint(data_dir: Path, logdir: Path, *more: str, step: int = 50):
+    """scripts/train.py on the small data set, held by its test hook inside the write of its
+    checkpoint at `step`; `go_on` lets it continue. Killed when the block ends, if still alive."""
+    run = start_script(
+        "train.py",
+        *flags(data_dir, logdir, *more),
+        stdin=subprocess.PIPE,
+        env=with_env(FASTCONV_TEST_PAUSE_CHECKPOINT=str(step)),
+    )
+    try:
+        wait_for_line(run, r"^test hook: paused in the write of")
+        yield run
+    finally:
+        run.kill()
+
+
+def go_on(run: subprocess.Popen) -> None:
+    """Lets a run held by the checkpoint hook continue: the line it waits for on its stdin."""
+    run.stdin.write("\n")
+    run.stdin.flush()
 
 
 def signal_delivered(pid: int, number: int) -> bool:

@@ -5,12 +5,11 @@ evaluated with EMA and TTA."""
 import json
 import re
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import checkpoint_values, run_script, start_script, synthetic_dataset, write_dataset
+from helpers import checkpoint_values, run_script, start_script, synthetic_dataset
 from test_reliability import assert_bit_identical, wait_for_line
 
 from fastconv import cli, data, pipeline
@@ -75,11 +74,6 @@ SCHEDULED = (
     *("--schedule", "onecycle", "--warmup-epochs", "2", "--augment", "--shift", "1"),
     *("--ema", "0.9", "--tta", "--label-smoothing", "0.1", "--deterministic"),
 )
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data"), train=2000, test=200)
 
 
 def test_a_scheduled_adam_run_with_augmentation_resumes_bit_identically(data_dir, tmp_path):

@@ -20,18 +20,12 @@ from helpers import (
     run_script,
     start_script,
     synthetic_dataset,
-    write_dataset,
 )
 
 from fastconv.config import TrainConfig
 from fastconv.loop import TrainingDiverged
 from fastconv.run import train_and_evaluate
 from fastconv.trainer import Trainer
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data"), train=2000, test=200)
 
 
 def common_flags(data_dir: Path, logdir: Path) -> list[str]:

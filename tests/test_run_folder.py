@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +21,20 @@ from folders import (
     debris,
     fill,
     flags,
+    go_on,
     read_only_folder,
     read_whole,
+    run_paused_in_checkpoint,
     snapshot,
     tmpfs,
-    wait_for_line,
-    with_env,
 )
-from helpers import start_script, synthetic_dataset, write_dataset
+from helpers import synthetic_dataset
 
 from fastconv import checkpoints, cli, export, rundir, runtime
 from fastconv.checkpoints import NothingToResume
 from fastconv.config import TrainConfig
 from fastconv.run import train_and_evaluate
 from fastconv.rundir import RunFolderError
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data"), train=2000, test=200)
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +61,7 @@ def error_lines(err: str) -> list[str]:
 
 def test_a_second_run_on_a_folder_in_use_is_refused_and_changes_nothing(data_dir, tmp_path, capsys):
     logdir = tmp_path / "run"
-    first = start_script(
-        "train.py",
-        *flags(data_dir, logdir, "--epochs", "2"),
-        stdin=subprocess.PIPE,
-        env=with_env(FASTCONV_TEST_PAUSE_CHECKPOINT="50"),
-    )
-    try:
-        wait_for_line(first, r"^test hook: paused in the write of")
+    with run_paused_in_checkpoint(data_dir, logdir, "--epochs", "2") as first:
         before = snapshot(logdir)
         for more in ([], ["--resume"]):  # a new run, and a resume of the one running
             code, _, err = main(capsys, *flags(data_dir, logdir, *more))
@@ -84,11 +71,8 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_changes_nothing(data_dir
                 "or choose another --logdir"
             ]
             assert snapshot(logdir) == before
-        first.stdin.write("\n")  # the first run goes on, undisturbed
-        first.stdin.flush()
+        go_on(first)  # the first run goes on, undisturbed
         _, stderr = first.communicate(timeout=300)
-    finally:
-        first.kill()
     assert first.returncode == 0, stderr
     assert json.loads((logdir / "metrics.json").read_text())["epochs"] == 2
     for writer in ("train", "validation", "test"):
@@ -357,20 +341,10 @@ def test_a_disk_that_fills_during_the_run_keeps_the_last_checkpoint_and_no_debri
 ):
     with tmpfs(tmp_path / "disk", "8m") as disk:
         logdir = disk / "run"
-        run = start_script(
-            "train.py",
-            *flags(data_dir, logdir, "--epochs", "3"),
-            stdin=subprocess.PIPE,
-            env=with_env(FASTCONV_TEST_PAUSE_CHECKPOINT="50"),
-        )
-        try:
-            wait_for_line(run, r"^test hook: paused in the write of")
+        with run_paused_in_checkpoint(data_dir, logdir, "--epochs", "3") as run:
             fill(disk, leave=100_000)  # room for the event files, not for a checkpoint
-            run.stdin.write("\n")
-            run.stdin.flush()
+            go_on(run)
             _, stderr = run.communicate(timeout=300)
-        finally:
-            run.kill()
         assert run.returncode == 2, stderr
         directory = logdir / rundir.CHECKPOINTS
         assert stderr.strip().splitlines() == [

@@ -10,20 +10,12 @@ ends the process, in a subprocess.
 
 import json
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from folders import flags, signal_delivered, wait_for_line, with_env
-from helpers import start_script, write_dataset
+from folders import flags, run_paused_in_checkpoint, signal_delivered
 
 from fastconv import cli, faults, rundir
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data"), train=2000, test=200)
 
 
 @pytest.fixture
@@ -118,14 +110,7 @@ def test_a_stop_during_the_export_exports_nothing_and_resume_finishes_it(
 def test_a_second_stop_ends_the_run_at_once_whatever_it_is_doing(data_dir, tmp_path):
     """Paused inside its first checkpoint write, as it could be inside a long block of steps,
     the run cannot answer the first Ctrl-C; the second ends it at once."""
-    run = start_script(
-        "train.py",
-        *flags(data_dir, tmp_path, "--epochs", "2"),
-        stdin=subprocess.PIPE,
-        env=with_env(FASTCONV_TEST_PAUSE_CHECKPOINT="50"),
-    )
-    try:
-        wait_for_line(run, r"^test hook: paused in the write of")
+    with run_paused_in_checkpoint(data_dir, tmp_path, "--epochs", "2") as run:
         run.send_signal(signal.SIGINT)
         deadline = time.monotonic() + 60
         while not signal_delivered(run.pid, signal.SIGINT):  # lest the two merge into one
@@ -135,8 +120,6 @@ def test_a_second_stop_ends_the_run_at_once_whatever_it_is_doing(data_dir, tmp_p
         # the run ends by itself.
         run.wait(timeout=60)
         stderr = run.stderr.read()
-    finally:
-        run.kill()
     assert run.returncode == 130
     assert stderr == (
         "error: interrupted again by SIGINT: stopped at once; no checkpoint had been saved\n"
