@@ -190,17 +190,18 @@ PEERS = [
         "fastconv graph, mixed_bfloat16 (fastest)",
         {"xla": False, "precision": "mixed_bfloat16"},
     ),
-    Peer(
-        "fastconv_b512",
-        "fastconv",
-        "fastconv graph, batch 512",
-        {"xla": False, "batch_size": 512},
-    ),
-    Peer(
-        "fastconv_bf16_b512",
-        "fastconv",
-        "fastconv graph, mixed_bfloat16, batch 512",
-        {"xla": False, "precision": "mixed_bfloat16", "batch_size": 512},
+    *(
+        Peer(
+            f"fastconv{suffix}_b{batch}",
+            "fastconv",
+            f"fastconv graph{label}, batch {batch}",
+            {"xla": False, "batch_size": batch, **precision},
+        )
+        for batch in (256, 512)
+        for suffix, label, precision in (
+            ("", "", {}),
+            ("_bf16", ", mixed_bfloat16", {"precision": "mixed_bfloat16"}),
+        )
     ),
     Peer(
         "fastconv_val",

@@ -168,6 +168,18 @@ def _headline(training: list[dict]):
             f"--xla: {_ratio(xla, at_128.get('xla_naive'))} the naive XLA step, "
             f"{_ratio(xla, at_128.get('fastconv'))} fastconv's graph path"
         )
+    speeds = {r["peer"]: r["images_per_second"] for r in only}
+    for suffix, precision in (("", "float32"), ("_bf16", "mixed_bfloat16")):
+        at_batch = {b: speeds.get(f"fastconv{suffix}_b{b}") for b in (256, 512)}
+        if all(at_batch.values()) and f"fastconv{suffix}" in speeds:
+            lines.append(
+                f"larger batches, {precision}: "
+                + ", ".join(
+                    f"batch {b} {_ratio(speed, speeds[f'fastconv{suffix}'])}"
+                    for b, speed in at_batch.items()
+                )
+                + " batch 128's images/s"
+            )
     if "fastconv_logging" in at_128 and "fastconv" in at_128:
         lines.append(
             "TensorBoard step logging costs "
