@@ -1,0 +1,54 @@
+"""bench/end_to_end.py as its user runs it: every contender in its own process on the real
+data, two epochs each (the book's class one, extrapolated), the table and the JSON it writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELS = (
+    "fastconv, float32 (default)",
+    "fastconv, --precision mixed_bfloat16",
+    "fastconv, --xla",
+    "Keras fit, float32, spe 50",
+    "Keras fit, mixed_bfloat16, spe 50",
+    "the book's eager class",
+)
+
+
+def test_every_contender_runs_and_its_wall_splits_into_its_parts(fashion_mnist, tmp_path):
+    results = tmp_path / "e2e.json"
+    command = [sys.executable, "bench/end_to_end.py", "--epochs", "2", "--book-epochs", "1"]
+    done = subprocess.run(
+        [*command, "--json", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout
+    for label in LABELS[:-1]:
+        assert f"| {label} |" in table
+    assert f"| {LABELS[-1]}, EXTRAPOLATED from 1 epoch |" in table
+
+    saved = json.loads(results.read_text())
+    rows = {row["label"]: row for row in saved["rows"]}
+    assert set(rows) == set(LABELS)
+    import_seconds = saved["import_seconds"][0]
+    assert 0.5 < import_seconds < 60
+    for label, row in rows.items():
+        assert 0 < row["steps"] < row["wall"], label
+        # The parts and the rest make up the time outside the steps.
+        parts = sum(row[part] or 0.0 for part in ("import", "compile", "per_epoch", "end"))
+        assert abs(parts + row["rest"] - (row["wall"] - row["steps"])) < 1e-9, label
+        expected = (row["wall"] + row["exit"] - row["steps"] - import_seconds) / row["steps"]
+        assert abs(row["outside_share"] - expected) < 1e-9, label
+        # Trained, not just run: two epochs of the book's run (one of its class) pass 0.7.
+        assert 0.7 < row["val_accuracy"] < 1 and 0.7 < row["test_accuracy"] < 1, label
+    for label in LABELS[:3]:  # fastconv's parts come from its run folder and its lines
+        assert rows[label]["compile"] > 0 and rows[label]["per_epoch"] > 0, label
+        assert rows[label]["epochs_run"] == 2
+    (book,) = saved["runs"][LABELS[-1]]  # one epoch run, the second extrapolated
+    assert book["epochs_run"] == 1 and rows[LABELS[-1]]["compile"] == 0.0
