@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv.cli import import_tensorflow
+from fastconv.cli import exit_promptly, import_tensorflow
 from fastconv.data import IMAGE_SIZE, DataError, read_idx
 
 
@@ -111,5 +111,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_entry() -> None:
-    """The console script `fastconv-predict`."""
-    sys.exit(main())
+    """The console script `fastconv-predict`, and scripts/predict.py."""
+    exit_promptly(main())

@@ -1,9 +1,7 @@
 """Classify images with a model saved by `train.py --export DIR`: `python scripts/predict.py
 DIR images.idx.gz photo.png array.npy` (see --help)."""
 
-import sys
-
-from fastconv.predict import main
+from fastconv.predict import main_entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_entry()
