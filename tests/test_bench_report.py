@@ -84,3 +84,17 @@ def test_rows_show_their_configuration_and_what_a_round_holds():
         for line in lines
     )
     assert any("fastest fastconv at batch 128 (fastconv): 2.00x Keras" in line for line in lines)
+
+
+def test_headline_says_how_larger_batches_train_against_batch_128():
+    rows = [
+        row("keras_fit", "keras", [4.0]),
+        row("fastconv", "fastconv", [2.0], batch_size=128),
+        row("fastconv_b256", "fastconv", [1.6], batch_size=256),
+        row("fastconv_b512", "fastconv", [2.5], batch_size=512),  # slower: a cliff, shown
+        row("fastconv_bf16", "fastconv", [1.0], batch_size=128, precision="mixed_bfloat16"),
+    ]
+    table = format_table(rows, {"cpu": "test CPU", "cores": 2})
+    assert "larger batches, float32: batch 256 1.25x, batch 512 0.80x batch 128's" in table
+    # bfloat16's larger batches were not run: no line claims anything about them.
+    assert "larger batches, mixed_bfloat16" not in table
