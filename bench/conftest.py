@@ -54,7 +54,7 @@ def record():
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table: ours is the last word
 def pytest_terminal_summary(terminalreporter):
     if _rows:
-        from fastconv.runtime import cpu_name
+        from fastconv.machine import cpu_name
 
         machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
         terminalreporter.write_sep("=", "fastconv throughput")

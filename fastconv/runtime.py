@@ -17,10 +17,9 @@ import keras
 import tensorflow as tf
 
 from fastconv.config import ConfigError, TrainConfig
-from fastconv.machine import (  # cpu_name: also fastconv.runtime's for bench/
+from fastconv.machine import (
     DeviceDescription,
     cpu_cores,
-    cpu_name,  # noqa: F401
     describe_device,
     device_description,
     require_memory,
