@@ -413,6 +413,7 @@ def _fastconv(
     import tensorflow as tf
 
     from fastconv.pipeline import make_datasets
+    from fastconv.run import compile_trainer
     from fastconv.trainer import make_trainer
 
     # The pipeline a run of the CLI gets: the training images resident, batches gathered in
@@ -425,9 +426,9 @@ def _fastconv(
 
         step_summaries = tf.summary.create_file_writer(tempfile.mkdtemp(prefix="fastconv-bench-"))
     trainer = make_trainer(config, placement, datasets.make_batch, step_summaries)
+    compile_trainer(trainer, datasets)  # as a run compiles: the training and evaluation
     iterator = iter(datasets.train())
     steps = tf.constant(datasets.steps_per_epoch)
-    trainer.train(iterator, tf.constant(1))  # compile
 
     def run_round():  # one epoch in one compiled call
         trainer.train(iterator, steps).fetch()  # host read: waits for the block
