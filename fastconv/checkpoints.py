@@ -234,14 +234,9 @@ class Checkpoints:
             self._manager = self._new_manager()  # this one had counted the failed save
             committed = self.latest
             clean(self.directory, _number(committed) if committed else None)
-            kept = (
-                f"the last good checkpoint, {committed}, is kept"
-                if committed
-                else "no checkpoint had been saved"
-            )
             raise rundir.RunFolderError(
                 f"cannot save checkpoint {self.directory / f'{NAME}-{number}'} "
-                f"({rundir.reason(error)}); {kept}"
+                f"({rundir.reason(error)}); {kept(committed)}"
             ) from None
 
     def restore(self, start: Start) -> dict:
@@ -258,3 +253,16 @@ class Checkpoints:
                 f"{str(error).splitlines()[0]}"
             ) from None
         return json.loads(self._run_state.numpy().decode())
+
+
+def kept(checkpoint: str | None, logdir: str | None = None) -> str:
+    """What a run that ends now keeps, as its last message says it; with the way to resume
+    it when `logdir` is given."""
+    if not checkpoint:
+        return "no checkpoint had been saved"
+    text = f"the last good checkpoint, {checkpoint}, is kept"
+    return f"{text}; {resume_hint(logdir)}" if logdir else text
+
+
+def resume_hint(logdir: str | None) -> str:
+    return f"resume with: python scripts/train.py --logdir {logdir} --resume"

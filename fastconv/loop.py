@@ -11,7 +11,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from fastconv import faults, progress
-from fastconv.checkpoints import Checkpoints
+from fastconv.checkpoints import Checkpoints, kept, resume_hint
 from fastconv.config import TrainConfig
 from fastconv.interruption import Interrupted, StopRequests, signal_name
 from fastconv.pipeline import Datasets
@@ -192,19 +192,6 @@ class RunLoop:
         else:
             message += "; no --logdir, so nothing was saved"
         raise Interrupted(requests.stop_signal, message)
-
-
-def kept(checkpoint: str | None, logdir: str | None = None) -> str:
-    """What a run that ends now keeps, as its last message says it; with the way to resume
-    it when `logdir` is given."""
-    if not checkpoint:
-        return "no checkpoint had been saved"
-    text = f"the last good checkpoint, {checkpoint}, is kept"
-    return f"{text}; {resume_hint(logdir)}" if logdir else text
-
-
-def resume_hint(logdir: str | None) -> str:
-    return f"resume with: python scripts/train.py --logdir {logdir} --resume"
 
 
 def _interrupted_message(signal_number: int, step: int, steps_per_epoch: int) -> str:

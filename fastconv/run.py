@@ -16,10 +16,10 @@ from pathlib import Path
 import tensorflow as tf
 
 from fastconv import checkpoints, data, export, faults, rundir, runtime, xla_probe
-from fastconv.checkpoints import Checkpoints, Start
+from fastconv.checkpoints import Checkpoints, Start, kept
 from fastconv.config import ConfigError, TrainConfig
 from fastconv.interruption import StopRequests
-from fastconv.loop import LoopState, RunLoop, kept
+from fastconv.loop import LoopState, RunLoop
 from fastconv.pipeline import RESIDENT_BYTES, Datasets, make_datasets
 from fastconv.report import RunResult, write_results
 from fastconv.resume import recorded_settings, starting_point
