@@ -177,6 +177,12 @@ PEERS = [
     ),
     Peer("fastconv_1shard", "fastconv", "fastconv graph, 1 shard", {"xla": False, "shards": 1}),
     Peer("fastconv", "fastconv", "fastconv graph (default)", {"xla": False}),
+    Peer(
+        "fastconv_stock",
+        "fastconv",
+        "fastconv graph, TensorFlow's ops for the conv layer (no fused op)",
+        {"xla": False, "conv_form": "batch_channels"},
+    ),
     Peer("fastconv_xla", "fastconv", "fastconv --xla", {"xla": True}),
     Peer(
         "fastconv_logging",
@@ -391,6 +397,7 @@ def _fastconv(
     precision: str = "float32",
     log_every: int | None = None,
     validation: bool = False,
+    conv_form: str | None = None,
 ):
     import dataclasses
 
@@ -407,7 +414,9 @@ def _fastconv(
     )
     placement = runtime.place(config)
     if naive:  # XLA on the book's tf.nn ops
-        placement = dataclasses.replace(placement, conv_form="nn")
+        conv_form = "nn"
+    if conv_form:
+        placement = dataclasses.replace(placement, conv_form=conv_form)
     runtime.set_threads(placement.threads)  # before TensorFlow's first op, as the CLI does
 
     import tensorflow as tf
@@ -441,6 +450,7 @@ def _fastconv(
         "threads": runtime.describe_threads(),
         "batch_size": batch_size,
         "precision": precision,
+        "conv_form": placement.conv_form,
     }
     return run_round, datasets.images_per_epoch, details
 

@@ -7,6 +7,7 @@ and the class names travel inside the model.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from fastconv.data import CLASS_NAMES, IMAGE_SIZE
-from fastconv.model import IMAGE_SHAPE
+from fastconv.model import IMAGE_SHAPE, stock_conv_form
 from fastconv.pipeline import Standardization
 from fastconv.rundir import RunFolderError, reason
 from fastconv.trainer import Trainer
@@ -31,9 +32,11 @@ RECORD = "fastconv-export.json"
 class Classifier(tf.Module):
     """uint8 images -> probabilities, computed by the trainer's own forpass.
 
-    The forpass is the trainer's (the same formulation, precision, XLA setting, evaluated
-    weights and test-time augmentation), so the loaded model predicts exactly what the
-    trainer predicted.
+    The forpass is the trainer's (the same precision, XLA setting, evaluated weights and
+    test-time augmentation), so the loaded model predicts what the trainer predicted. Its
+    conv form is the trainer's too, except that fastconv's own op (`fastconv.native`) is
+    replaced by TensorFlow's ops for the same function, so the model loads anywhere
+    (the logits then agree to float32 rounding).
     """
 
     def __init__(self, trainer: Trainer, standardize: Standardization):
@@ -43,7 +46,9 @@ class Classifier(tf.Module):
         # SavedModel holds them.
         self.evaluated_weights = list(trainer.evaluated_weights)
         self.class_names = tf.Variable(list(CLASS_NAMES), trainable=False, name="class_names")
-        self._forpass = trainer.forpass
+        self._forpass = functools.partial(
+            trainer.forpass, conv_form=stock_conv_form(trainer.conv_form)
+        )
         self._standardize = standardize
         self.classify = tf.function(
             self._classify,

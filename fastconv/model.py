@@ -8,6 +8,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from fastconv import native
 from fastconv.data import IMAGE_SIZE, NUM_CLASSES
 
 KERNEL_SIZE = 3
@@ -61,13 +62,18 @@ class ConvNet(tf.Module):
         """Logits (B, 10) for images (B, 28, 28, 1): the book's `forpass`.
 
         `conv_form` names one of `CONV_FORMS`, each the same function written for a
-        different engine: "nn" is the book's `tf.nn` ops (cuDNN's on a GPU), "batch_channels"
-        runs fastest in graph mode on a CPU, "patches" under XLA. `weights` computes with
+        different engine: "nn" is the book's `tf.nn` ops (cuDNN's on a GPU), "fused" (an op
+        of fastconv's own) runs fastest in graph mode on a CPU and "batch_channels" next,
+        "patches" under XLA. `weights` computes with
         other values of the six variables, in the order of `weights` (moving averages).
         """
-        conv_w, conv_b, w1, b1, w2, b2 = (self._compute(w) for w in weights or self.weights)
+        weights = weights or self.weights
+        conv_w, conv_b, w1, b1, w2, b2 = (self._compute(w) for w in weights)
         form = CONV_FORMS[conv_form]
-        features = form.conv_relu_pool(self._compute(images), conv_w, conv_b)
+        if form.in_float32:  # from the float32 images and variables, not rounded copies
+            features = self._compute(form.conv_relu_pool(images, weights[0], weights[1]))
+        else:
+            features = form.conv_relu_pool(self._compute(images), conv_w, conv_b)
         if form.images_in_columns:
             # features (14*14*K, B): the dense layers computed transposed, hidden (units, B)
             # and logits (10, B); matmul reads its operands transposed at no cost. (Biases
@@ -174,11 +180,30 @@ def conv_relu_pool_patches(images, conv_w, conv_b):
     return tf.reshape(tf.transpose(activated, [1, 2, 3, 0]), [batch, -1])
 
 
+def conv_relu_pool_fused(images, conv_w, conv_b):
+    """The same function as `conv_relu_pool_nn`, as one op of fastconv's own for a CPU
+    (`fastconv.native`): sixteen images in the lanes of a vector, the conv, bias, ReLU and
+    pool in one pass and their gradient in another. The features come back with the images
+    in columns, (14*14*K, B), like `conv_relu_pool_batch_channels`.
+
+    The op computes in float32 whatever the policy (`ConvForm.in_float32`): the layer is
+    a small share of the arithmetic, and `ConvNet.forpass` casts its output to the compute
+    dtype for the dense layers.
+    """
+    return native.conv_relu_pool(images, conv_w, conv_b)
+
+
 class ConvForm(NamedTuple):
     """One way to compute conv + ReLU + pool, and the layout of the features it returns."""
 
     conv_relu_pool: Callable  # (images, conv_w, conv_b) -> the pooled features, flattened
     images_in_columns: bool  # features (14*14*K, B) rather than the book's (B, 14*14*K)
+    # For a form with an op of fastconv's own: the form of TensorFlow's ops with the same
+    # layout, for a SavedModel that must load where fastconv is not installed.
+    stock: str | None = None
+    # Computes from the float32 images and variables under every policy (else in the compute
+    # dtype); its features are cast to the compute dtype after.
+    in_float32: bool = False
 
 
 # The forms of conv + ReLU + pool, by the name `ConvNet.forpass` takes.
@@ -186,6 +211,12 @@ CONV_FORMS = {
     "nn": ConvForm(conv_relu_pool_nn, images_in_columns=False),
     "batch_channels": ConvForm(conv_relu_pool_batch_channels, images_in_columns=True),
     "patches": ConvForm(conv_relu_pool_patches, images_in_columns=False),
+    "fused": ConvForm(
+        conv_relu_pool_fused, images_in_columns=True, stock="fused_stock", in_float32=True
+    ),
+    # The fused op's function in TensorFlow's ops, in float32 like the op: what the SavedModel
+    # of a run on the fused op holds, so that it loads without fastconv.
+    "fused_stock": ConvForm(conv_relu_pool_batch_channels, images_in_columns=True, in_float32=True),
 }
 
 
@@ -193,12 +224,28 @@ def fastest_conv_form(xla: bool, on_gpu: bool) -> str:
     """The entry of `CONV_FORMS` that the engine runs fastest.
 
     XLA compiles the patches matmul well and its own convolution badly; a GPU runs the
-    book's `tf.nn` ops as cuDNN kernels; graph mode on a CPU is fastest with the batch as
-    the channels of a depthwise conv (bench/RESULTS.md has the measurements).
+    book's `tf.nn` ops as cuDNN kernels; graph mode on a CPU is fastest with fastconv's fused
+    op, and where that cannot be built (`fastconv.native.unavailable`), with the batch as the
+    channels of a depthwise conv (bench/RESULTS.md has the measurements).
     """
     if xla:
         return "patches"
-    return "nn" if on_gpu else "batch_channels"
+    if on_gpu:
+        return "nn"
+    return "batch_channels" if native.unavailable() else "fused"
+
+
+def usable_conv_form(conv_form: str) -> bool:
+    """Whether `conv_form` names a form that can run here (a form with an op of fastconv's
+    own needs the op built)."""
+    form = CONV_FORMS.get(conv_form)
+    return form is not None and (form.stock is None or not native.unavailable())
+
+
+def stock_conv_form(conv_form: str) -> str:
+    """`conv_form`, or where it uses an op of fastconv's own, the form of TensorFlow's ops
+    that computes the same function in the same layout."""
+    return CONV_FORMS[conv_form].stock or conv_form
 
 
 def training_flops_per_image(n_kernels: int = 10, units: int = 100) -> int:

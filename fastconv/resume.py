@@ -12,7 +12,7 @@ from pathlib import Path
 from fastconv import checkpoints, rundir
 from fastconv.checkpoints import NothingToResume, Start
 from fastconv.config import PRECISIONS, ConfigError, TrainConfig
-from fastconv.model import CONV_FORMS
+from fastconv.model import usable_conv_form
 
 
 def _counts(value) -> bool:
@@ -28,7 +28,7 @@ _VALID = {
     "shards": _count,
     "threads": lambda value: value is None or _counts(value),
     "precision": lambda value: value in PRECISIONS and value != "auto",
-    "conv_form": CONV_FORMS.__contains__,
+    "conv_form": usable_conv_form,
     "replicas": _count,
 }
 

@@ -16,6 +16,7 @@ import platform
 import keras
 import tensorflow as tf
 
+from fastconv import native
 from fastconv.config import ConfigError, TrainConfig
 from fastconv.machine import (
     DeviceDescription,
@@ -293,6 +294,12 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
             + " (this machine alone would pick "
             + ", ".join(f"{name} {machine[name]}" for name in differ)
             + ")"
+        )
+    why_not_fused = native.unavailable() if machine["conv_form"] == "batch_channels" else None
+    if why_not_fused:
+        notes.append(
+            f"note: fastconv's fused conv op is not available ({why_not_fused}); the first "
+            "layer runs as TensorFlow's ops, which train more slowly on a CPU"
         )
     if settings["precision"] == "mixed_float16" and not on_gpu:
         notes.append(

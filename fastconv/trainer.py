@@ -147,14 +147,16 @@ class Trainer:
         strategy it is a mirrored variable's value)."""
         return float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
 
-    def forpass(self, images):
+    def forpass(self, images, conv_form: str | None = None):
         """Logits of the images as the trainer evaluates, predicts and exports them: the
-        trainer's conv form and precision, the evaluated weights (the moving averages under
-        --ema) and, with `tta`, the mean of the logits of the images and of their mirrors."""
+        trainer's conv form (or `conv_form`) and precision, the evaluated weights (the moving
+        averages under --ema) and, with `tta`, the mean of the logits of the images and of
+        their mirrors."""
+        conv_form = conv_form or self.conv_form
         if not self.tta:
-            return self.model.forpass(images, self.conv_form, self.evaluated_weights)
+            return self.model.forpass(images, conv_form, self.evaluated_weights)
         both = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
-        logits = self.model.forpass(both, self.conv_form, self.evaluated_weights)
+        logits = self.model.forpass(both, conv_form, self.evaluated_weights)
         plain, mirrored = tf.split(logits, 2)
         return (plain + mirrored) / 2
 

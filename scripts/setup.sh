@@ -40,3 +40,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing fastconv${extras:+[$extras]} into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
+# fastconv's fused conv op, compiled for this CPU now rather than on the first run; it needs a
+# C++ compiler (where none can be had, this says why and the runs use TensorFlow's own ops).
+if [ -z "${CXX:-}" ] && ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
+  echo "setup: installing g++ for fastconv's fused conv op"
+  apt_install g++ || echo "setup: no apt-get here; install a C++ compiler for the fused op" >&2
+fi
+.venv/bin/python -m fastconv.native || true

@@ -113,8 +113,10 @@ def test_conv_relu_pool_forms_equal_the_books_order_in_values_and_gradients(jit_
         return [t.numpy() for t in run()]
 
     expected = values_and_gradients(book_conv_relu_pool)
-    for form in CONV_FORMS.values():
-        actual = values_and_gradients(*form)
+    # XLA compiles TensorFlow's ops only, not the forms with an op of fastconv's own.
+    forms = [form for form in CONV_FORMS.values() if not (jit_compile and form.stock)]
+    for form in forms:
+        actual = values_and_gradients(form.conv_relu_pool, form.images_in_columns)
         for name, a, e in zip(("values", "d conv_w", "d conv_b", "d images"), actual, expected):
             assert relative_error(a, e) < 1e-5, (form.conv_relu_pool.__name__, name)
 

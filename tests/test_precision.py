@@ -14,7 +14,13 @@ from fastconv.trainer import Trainer
 
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
 WEIGHT_NAMES = ("conv_w", "conv_b", "w1", "b1", "w2", "b2")
-CONV_OP_TYPES = {"nn": "Conv2D", "batch_channels": "DepthwiseConv2dNative", "patches": "MatMul"}
+CONV_OP_TYPES = {
+    "nn": "Conv2D",
+    "batch_channels": "DepthwiseConv2dNative",
+    "patches": "MatMul",
+    "fused": "FastconvConvReluPool",
+    "fused_stock": "DepthwiseConv2dNative",
+}
 
 
 @pytest.mark.parametrize("policy", COMPUTE_DTYPES)
@@ -25,11 +31,12 @@ def test_policy_dtypes(policy, conv_form):
     assert all(w.dtype == tf.float32 for w in model.weights)
     graph = tf.function(lambda x: model.forpass(x, conv_form)).get_concrete_function(images).graph
     ops = graph.get_operations()
-    convs_and_matmuls = [
-        op for op in ops if op.type in ("MatMul", "Conv2D", "DepthwiseConv2dNative")
-    ]
+    convs_and_matmuls = [op for op in ops if op.type in {"MatMul", *CONV_OP_TYPES.values()}]
     assert {op.type for op in convs_and_matmuls} == {"MatMul", CONV_OP_TYPES[conv_form]}
-    assert all(op.get_attr("T") == COMPUTE_DTYPES[policy] for op in convs_and_matmuls)
+    for op in convs_and_matmuls:
+        # The fused op's forms compute the conv layer in float32 under every policy.
+        in_float32 = CONV_FORMS[conv_form].in_float32 and op.type != "MatMul"
+        assert op.inputs[0].dtype == (tf.float32 if in_float32 else COMPUTE_DTYPES[policy])
     logits = model.forpass(images, conv_form)
     assert logits.dtype == tf.float32
     assert cross_entropy(targets, logits).dtype == tf.float32

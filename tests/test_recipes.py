@@ -14,6 +14,7 @@ from test_reliability import assert_bit_identical, wait_for_line
 
 from fastconv import cli, data, pipeline
 from fastconv.config import ConfigError, TrainConfig
+from fastconv.model import CONV_FORMS
 from fastconv.recipes import RECIPES, describe_recipe
 from fastconv.run import train_and_evaluate
 
@@ -129,11 +130,22 @@ def test_the_export_predicts_what_the_trainer_evaluated_with_ema_and_tta(fashion
     loaded = tf.saved_model.load(config.export_dir)
     classify = loaded.signatures["serving_default"]
     probabilities = classify(images=tf.constant(fashion_mnist.test_images))["probabilities"]
-    np.testing.assert_allclose(probabilities.numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
+    expected = tf.nn.softmax(logits).numpy()
+    tolerance = 1e-6
+    if CONV_FORMS[trainer.conv_form].stock:
+        # The export recomputes the fused op's conv layer with TensorFlow's ops: the same
+        # float32 values summed in another order, so a feature may round the other way when
+        # cast to the compute dtype: by one unit of bfloat16's 8 bits.
+        tolerance = 3e-3 if trainer.model.dtype_policy.compute_dtype == "bfloat16" else 1e-5
+    np.testing.assert_allclose(probabilities.numpy(), expected, atol=tolerance)
     predicted = probabilities.numpy().argmax(axis=1)
-    np.testing.assert_array_equal(predicted, trainer.predict_step(images).numpy())
+    evaluated = trainer.predict_step(images).numpy()
+    # Predictions differ only where the two best classes are closer than that rounding.
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    differ = predicted != evaluated
+    assert (top_two[differ, 1] - top_two[differ, 0] < 2 * tolerance).all()
     accuracy = (predicted == fashion_mnist.test_labels).mean()
-    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6)
+    assert accuracy == pytest.approx(result.test_accuracy, abs=differ.mean() + 1e-6)
     # The check has teeth: the last weights without the mirrors predict differently.
     raw = trainer.model.forpass(images, trainer.conv_form).numpy().argmax(axis=1)
     assert (raw != predicted).sum() > 10

@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from fastconv import runtime
+from fastconv import native, runtime
 from fastconv.config import ConfigError, TrainConfig
-from fastconv.model import fastest_conv_form
+from fastconv.model import fastest_conv_form, usable_conv_form
 
 
 @pytest.fixture
@@ -28,10 +28,23 @@ def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cores):
 
 
 def test_the_conv_form_suits_the_engine():
-    assert fastest_conv_form(xla=False, on_gpu=False) == "batch_channels"
+    assert native.unavailable() is None  # the suite's machine builds the fused op
+    assert fastest_conv_form(xla=False, on_gpu=False) == "fused"
     assert fastest_conv_form(xla=True, on_gpu=False) == "patches"
     assert fastest_conv_form(xla=False, on_gpu=True) == "nn"  # cuDNN runs the book's ops
     assert fastest_conv_form(xla=True, on_gpu=True) == "patches"
+
+
+def test_without_the_fused_op_a_cpu_run_uses_tensorflows_ops_and_says_why(monkeypatch):
+    monkeypatch.setattr(native, "unavailable", lambda: "no C++ compiler found (looked for c++)")
+    assert fastest_conv_form(xla=False, on_gpu=False) == "batch_channels"
+    assert not usable_conv_form("fused")  # a run recorded with it resumes without it
+    placement = runtime.place(TrainConfig())
+    assert placement.conv_form == "batch_channels"
+    assert placement.notes == (
+        "note: fastconv's fused conv op is not available (no C++ compiler found (looked for "
+        "c++)); the first layer runs as TensorFlow's ops, which train more slowly on a CPU",
+    )
 
 
 def test_shards_get_the_cores_between_them(cores):
@@ -72,7 +85,7 @@ def test_place_resolves_a_cpu_run_once(machine):
     assert (placement.device, placement.on_gpu, placement.strategy) == ("/CPU:0", False, None)
     assert (placement.shards, placement.threads, placement.replicas) == (2, (1, 2), 1)
     assert (placement.precision, placement.loss_scaling) == ("mixed_bfloat16", False)
-    assert placement.conv_form == "batch_channels"
+    assert placement.conv_form == "fused"
     assert placement.notes == (
         "precision: auto picked mixed_bfloat16: CPU has bfloat16 units (avx512_bf16)",
     )
@@ -96,7 +109,7 @@ def test_place_follows_the_gpu_and_device_cpu_overrides_it(machine):
     )
     on_cpu = runtime.place(TrainConfig(device="cpu"))  # --device cpu on a machine with GPUs
     assert (on_cpu.on_gpu, on_cpu.shards, on_cpu.threads) == (False, 2, (8, 2))
-    assert on_cpu.conv_form == "batch_channels"
+    assert on_cpu.conv_form == "fused"
 
 
 def test_place_warns_of_float16_on_a_cpu_and_refuses_a_missing_gpu(machine):

@@ -93,8 +93,8 @@ def test_hparams_and_graph_are_logged(run):
     # The step's own ops, and those of the functions it calls (each shard's pass is one).
     nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
     ops = {node.op for node in nodes}
-    assert {"MaxPool", "MatMul", "SoftmaxCrossEntropyWithLogits"} <= ops
-    # The conv in the form this machine's device runs fastest (a CPU's depthwise conv here).
+    assert {"MatMul", "SoftmaxCrossEntropyWithLogits"} <= ops
+    # The conv in the form this machine's device runs fastest (a CPU's fused op here).
     placement = runtime.place(TrainConfig())
     assert CONV_OP_TYPES[placement.conv_form] in ops
 

@@ -1,0 +1,204 @@
+"""fastconv's fused first layer as a TensorFlow op of its own, built on the machine it runs on.
+
+TensorFlow runs conv 3x3 + bias + ReLU + max pool 2x2 and their gradients as separate ops
+that each walk the full-size activations, with a minor dimension of 10 channels that fills
+a vector unit badly; on a 2-core CPU that layer took more time than the dense layers' matmuls.
+`conv_relu_pool.h` computes the same function with sixteen images in the lanes of each
+vector, in one pass forward and one backward (bench/RESULTS.md has the measurements).
+
+The op is compiled from `ops.cc` with the C++ compiler (`$CXX`, else c++ or g++), against
+the installed TensorFlow's headers, for this CPU (`-march=native`), once: the library is
+cached under `$XDG_CACHE_HOME/fastconv` (else ~/.cache/fastconv), keyed by the sources, the
+flags, the compiler and TensorFlow. Where it cannot be built or loaded, `unavailable()` says
+why in one line and fastconv computes the layer with TensorFlow's own ops.
+`FASTCONV_NATIVE=0` turns the op off. `python -m fastconv.native` builds it and says how it
+went (scripts/setup.sh runs it, so that a first run does not wait for the compiler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import tensorflow as tf
+
+SOURCES = Path(__file__).parent
+SOURCE_FILES = ("ops.cc", "conv_relu_pool.h")
+LIBRARY = "fastconv_ops.so"
+# Whether to use the op at all; "0" turns it off (a user's way out, and the tests' way to
+# reach the fallback).
+SWITCH = "FASTCONV_NATIVE"
+
+
+class NativeUnavailable(RuntimeError):
+    """The op could not be built or loaded; the message says why, in one line."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastconv" / "native"
+
+
+def compiler() -> str:
+    """The C++ compiler to build with, or NativeUnavailable naming what was looked for."""
+    for name in filter(None, (os.environ.get("CXX"), "c++", "g++")):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise NativeUnavailable("no C++ compiler found (looked for $CXX, c++, g++)")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
+    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w"]
+    if "avx512_fp16" in _cpu_flags():
+        # Eigen's AVX512-FP16 code in TensorFlow's headers does not compile with GCC 12;
+        # the op computes in float32 and needs none of it.
+        flags.append("-mno-avx512fp16")
+    return [
+        cxx,
+        *flags,
+        *tf.sysconfig.get_compile_flags(),
+        str(source),
+        "-o",
+        str(output),
+        *tf.sysconfig.get_link_flags(),
+    ]
+
+
+def _build_key(command: list[str]) -> str:
+    """What the library depends on: the sources, the command, the compiler, TensorFlow and
+    this CPU (-march=native code may not run on another)."""
+    digest = hashlib.sha256()
+    for name in SOURCE_FILES:
+        digest.update(name.encode() + (SOURCES / name).read_bytes())
+    version = subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout
+    cpu = " ".join(sorted(_cpu_flags()))
+    digest.update("\0".join([*command, version, tf.__version__, cpu]).encode())
+    return digest.hexdigest()[:16]
+
+
+def build(verbose: bool = False) -> Path:
+    """The compiled library, built now unless the cache has it; NativeUnavailable if the
+    compiler fails (its first error line in the message)."""
+    cxx = compiler()
+    placeholder = Path("ops.so")
+    key = _build_key(compile_command(cxx, SOURCES / "ops.cc", placeholder))
+    target = cache_dir() / key / LIBRARY
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time per machine: processes started together wait for the first.
+    with open(target.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        if verbose:
+            print(f"fastconv.native: compiling {SOURCES / 'ops.cc'} ...", flush=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            partial = Path(scratch) / LIBRARY
+            command = compile_command(cxx, SOURCES / "ops.cc", partial)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                errors = [line for line in done.stderr.splitlines() if "error" in line]
+                first = (errors or done.stderr.splitlines() or ["no output"])[0].strip()
+                raise NativeUnavailable(f"{Path(cxx).name} failed on ops.cc: {first}")
+            os.replace(partial, target)  # whole or not at all
+    return target
+
+
+@functools.cache
+def _load():
+    """(the library, None) or (None, why not): tried once per process, failure included."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None, f"turned off by {SWITCH}=0"
+    try:
+        path = build()
+        library = tf.load_op_library(str(path))
+    except NativeUnavailable as error:
+        return None, str(error)
+    except (tf.errors.NotFoundError, OSError) as error:
+        return None, f"the op library did not load: {str(error).splitlines()[0]}"
+    tf.RegisterGradient("FastconvConvReluPool")(_conv_relu_pool_gradient)
+    return library, None
+
+
+def ops():
+    """The loaded op library (built first if need be), with the op's gradient registered;
+    NativeUnavailable if it is turned off or cannot be built or loaded here."""
+    library, why_not = _load()
+    if library is None:
+        raise NativeUnavailable(why_not)
+    return library
+
+
+def unavailable() -> str | None:
+    """Why the op cannot be used here (one line), or None when it can."""
+    return _load()[1]
+
+
+def conv_relu_pool(images: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """conv 3x3 SAME + bias, ReLU, 2x2 max pool of float32 images (B, H, W, 1) with a
+    kernel (3, 3, 1, K): the features (H/2 * W/2 * K, B), the book's (h, w, k) order down
+    the columns, one image per column. Differentiable in `kernel` and `bias` (the images get
+    no gradient: the network's first layer needs none)."""
+    features, _winner = ops().fastconv_conv_relu_pool(images, kernel, bias)
+    return features
+
+
+def _conv_relu_pool_gradient(op, grad_features, _grad_winner):
+    images, kernel, _bias = op.inputs
+    winner = op.outputs[1]
+    kernel_grad, bias_grad = ops().fastconv_conv_relu_pool_grad(
+        images, winner, grad_features, kernel
+    )
+    return [_images_gradient(images, kernel, winner, grad_features), kernel_grad, bias_grad]
+
+
+def _images_gradient(images, kernel, winner, grad_features):
+    """The images' gradient, in TensorFlow's ops: training never asks for it, and in a
+    tf.function an output nobody reads is pruned, so it costs only those who use it."""
+    batch, height, width, _ = tf.unstack(tf.shape(images))
+    kernels = kernel.shape[-1]
+    # Each feature's gradient at its window's winning position (none where winner is 4,
+    # the ReLU off): the gradient of the conv's output, (B, H, W, K).
+    routed = tf.one_hot(winner, 5, dtype=grad_features.dtype)[..., :4] * grad_features[..., None]
+    windows = tf.reshape(
+        tf.transpose(routed, [1, 0, 2]), [batch, height // 2, width // 2, kernels, 2, 2]
+    )
+    conv_grad = tf.reshape(
+        tf.transpose(windows, [0, 1, 4, 2, 5, 3]), [batch, height, width, kernels]
+    )
+    return tf.nn.conv2d_transpose(conv_grad, kernel, tf.shape(images), strides=1, padding="SAME")
+
+
+def main() -> int:
+    """Builds (or finds) the library and says so; exit 1 with the reason where it cannot."""
+    start = time.perf_counter()
+    if os.environ.get(SWITCH, "1") != "0":
+        with contextlib.suppress(NativeUnavailable):  # _load says why, below
+            build(verbose=True)
+    why_not = unavailable()
+    if why_not:
+        print(f"fastconv.native: not available, TensorFlow's own ops will be used: {why_not}")
+        return 1
+    print(f"fastconv.native: ready in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,0 +1,142 @@
+"""fastconv.native: the fused conv op as built on this machine, its build, and the ways out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import run_script, write_dataset
+
+from fastconv import export, native, pipeline
+from fastconv.model import ConvNet, conv_relu_pool_nn
+from fastconv.trainer import Trainer
+
+
+@pytest.mark.parametrize("batch", [1, 16, 37, 40, 128])
+def test_fused_op_equals_tensorflows_ops_on_real_images(fashion_mnist, batch):
+    """Values and kernel, bias and image gradients, for batches that fill whole blocks of 16
+    lanes, part of one (1, 37) and rows that start off a vector boundary (37, 40), against
+    TensorFlow's ops in float64. A gradient routed to a wrong window position, or a lane
+    lost, is off by the size of a term; float32 sums of up to 128 * 196 terms, by ~1e-6."""
+    rng = np.random.default_rng(batch)
+    values = {
+        "images": fashion_mnist.train_images[:batch, ..., None] / 255,
+        "conv_w": rng.normal(0, 0.5, (3, 3, 1, 10)),
+        "conv_b": rng.normal(0, 0.1, 10),
+    }
+    upstream = rng.normal(size=(batch, 1960))
+
+    def values_and_gradients(conv_relu_pool, dtype):
+        images, conv_w, conv_b = (tf.constant(v, dtype) for v in values.values())
+        with tf.GradientTape() as tape:
+            tape.watch([images, conv_w, conv_b])
+            features = conv_relu_pool(images, conv_w, conv_b)
+            objective = tf.reduce_sum(features * tf.constant(upstream, dtype))
+        return [features, *tape.gradient(objective, [conv_w, conv_b, images])]
+
+    expected = values_and_gradients(conv_relu_pool_nn, tf.float64)
+    actual = values_and_gradients(
+        lambda *args: tf.transpose(native.conv_relu_pool(*args)), tf.float32
+    )
+    for name, a, e in zip(("features", "d kernel", "d bias", "d images"), actual, expected):
+        scale = np.abs(e.numpy()).max()
+        np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
+
+
+def test_bad_shapes_are_errors_naming_the_shape():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be .*\[4,27,28,1\]"):
+        native.conv_relu_pool(tf.zeros([4, 27, 28, 1]), tf.zeros([3, 3, 1, 10]), tf.zeros([10]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"kernel must be .*\[5,5,1,10\]"):
+        native.conv_relu_pool(tf.zeros([4, 28, 28, 1]), tf.zeros([5, 5, 1, 10]), tf.zeros([10]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"bias must be .*\[9\]"):
+        native.conv_relu_pool(tf.zeros([4, 28, 28, 1]), tf.zeros([3, 3, 1, 10]), tf.zeros([9]))
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "fastconv" / "native"
+
+
+def test_build_compiles_once_into_the_cache_then_reuses_it(empty_cache, monkeypatch):
+    library = native.build()
+    assert library.parent.parent == empty_cache and library.name == native.LIBRARY
+    built = library.stat().st_mtime_ns
+
+    run = subprocess.run
+
+    def no_compiler(command, **kwargs):
+        assert command[1] == "--version", f"compiled again: {command}"
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(native.subprocess, "run", no_compiler)
+    assert native.build() == library and library.stat().st_mtime_ns == built
+
+
+def test_a_failed_compile_names_the_error_and_leaves_nothing(empty_cache, monkeypatch):
+    compile_command = native.compile_command
+    monkeypatch.setattr(
+        native,
+        "compile_command",
+        lambda *args: [*compile_command(*args), "-DFASTCONV_BROKEN", "-include", "no_such.h"],
+    )
+    with pytest.raises(native.NativeUnavailable, match=r"failed on ops\.cc: .*no_such\.h"):
+        native.build()
+    assert not list(empty_cache.glob(f"*/{native.LIBRARY}"))
+    assert not list(empty_cache.glob("*/tmp*"))  # no partial library left behind
+
+
+def test_no_compiler_is_one_line_naming_what_was_looked_for(monkeypatch):
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CXX", "clang++-99")
+    with pytest.raises(native.NativeUnavailable, match=r"^no C\+\+ compiler found \(looked for"):
+        native.compiler()
+
+
+def test_turned_off_a_run_trains_with_tensorflows_ops_and_says_so(tmp_path):
+    folder = write_dataset(tmp_path / "data")
+    run = run_script(
+        "train.py",
+        *("--data-dir", str(folder), "--epochs", "1", "--batch-size", "32", "--logdir", "run"),
+        cwd=tmp_path,
+        env={**os.environ, native.SWITCH: "0"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert (
+        "note: fastconv's fused conv op is not available (turned off by FASTCONV_NATIVE=0)"
+        in run.stdout
+    )
+    environment = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert environment["placement"]["conv_form"] == "batch_channels"
+
+
+def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_path):
+    """The SavedModel of a trainer on the fused op holds TensorFlow's ops only: a process
+    that never loads fastconv's library reads it and predicts what the trainer does."""
+    trainer = Trainer(ConvNet(seed=3), 0.05, conv_form="fused")
+    batches = pipeline.training_batches(
+        fashion_mnist.train_images[:2048],
+        fashion_mnist.train_labels[:2048],
+        64,
+        0,
+        pipeline.Standardization(),
+    )
+    trainer.train(iter(batches), tf.constant(32))
+    model = export.export(trainer, pipeline.Standardization(), tmp_path / "model")
+    images = fashion_mnist.test_images[:50]
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        f"classify = tf.saved_model.load({str(model)!r}).signatures['serving_default']\n"
+        f"images = tf.constant(np.load({str(tmp_path / 'images.npy')!r}))\n"
+        f"np.save({str(tmp_path / 'loaded.npy')!r}, classify(images=images)['probabilities'])\n"
+        "assert 'fastconv' not in sys.modules\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    standardized = pipeline.Standardization()(tf.constant(images[..., None], tf.float32))
+    expected = tf.nn.softmax(trainer.forpass(standardized)).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "loaded.npy"), expected, atol=1e-5)
