@@ -89,6 +89,13 @@ def test_a_failed_compile_names_the_error_and_leaves_nothing(empty_cache, monkey
     assert not list(empty_cache.glob("*/tmp*"))  # no partial library left behind
 
 
+def test_a_cpu_without_avx512_is_told_so_and_nothing_is_built(empty_cache, monkeypatch):
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"sse4_2", "avx2", "fma"})
+    with pytest.raises(native.NativeUnavailable, match=r"^this CPU has no AVX-512"):
+        native.build()
+    assert not empty_cache.exists()
+
+
 def test_no_compiler_is_one_line_naming_what_was_looked_for(monkeypatch):
     monkeypatch.setattr(native.shutil, "which", lambda name: None)
     monkeypatch.setenv("CXX", "clang++-99")

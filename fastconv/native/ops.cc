@@ -2,7 +2,7 @@
 // conv_relu_pool.h):
 //
 //   FastconvConvReluPool(images (B, H, W, 1), kernel (3, 3, 1, K), bias (K))
-//       -> features (H/2 * W/2 * K, B), winner (same shape, int32)
+//       -> features (H/2 * W/2 * K, B), winner (same shape, uint8)
 //   FastconvConvReluPoolGrad(images, winner, grad_features, kernel)
 //       -> kernel_grad (3, 3, 1, K), bias_grad (K)
 //
@@ -79,7 +79,7 @@ class ConvReluPoolOp : public OpKernel {
              fastconv::ConvReluPool(images.flat<float>().data(), kernel.flat<float>().data(),
                                     bias.flat<float>().data(), g, begin, end,
                                     features->flat<float>().data(),
-                                    winner->flat<int32_t>().data());
+                                    winner->flat<uint8_t>().data());
            });
   }
 };
@@ -112,7 +112,7 @@ class ConvReluPoolGradOp : public OpKernel {
     Spread(context, parts, /*cost_per_unit=*/int64_t{1} << 30, [&](int64_t begin, int64_t end) {
       for (int64_t part = begin; part < end; ++part) {
         const int64_t blocks = g.blocks();
-        fastconv::ConvReluPoolGrad(images.flat<float>().data(), winner.flat<int32_t>().data(),
+        fastconv::ConvReluPoolGrad(images.flat<float>().data(), winner.flat<uint8_t>().data(),
                                    grad.flat<float>().data(), g, blocks * part / parts,
                                    blocks * (part + 1) / parts,
                                    &sums[part * g.kernels * kSums]);
@@ -140,7 +140,7 @@ REGISTER_OP("FastconvConvReluPool")
     .Input("kernel: float")
     .Input("bias: float")
     .Output("features: float")
-    .Output("winner: int32")
+    .Output("winner: uint8")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle images, kernel;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &images));
@@ -157,7 +157,7 @@ REGISTER_OP("FastconvConvReluPool")
 
 REGISTER_OP("FastconvConvReluPoolGrad")
     .Input("images: float")
-    .Input("winner: int32")
+    .Input("winner: uint8")
     .Input("grad_features: float")
     .Input("kernel: float")
     .Output("kernel_grad: float")
