@@ -35,8 +35,9 @@ class Classifier(tf.Module):
     The forpass is the trainer's (the same precision, XLA setting, evaluated weights and
     test-time augmentation), so the loaded model predicts what the trainer predicted. Its
     conv form is the trainer's too, except that fastconv's own op (`fastconv.native`) is
-    replaced by TensorFlow's ops for the same function, so the model loads anywhere
-    (the logits then agree to float32 rounding).
+    replaced by TensorFlow's ops for the same function, so the model loads anywhere (the
+    logits then agree to float32 rounding, and under mixed_bfloat16 to one bfloat16 unit
+    where a feature rounds the other way).
     """
 
     def __init__(self, trainer: Trainer, standardize: Standardization):

@@ -19,6 +19,11 @@ def cpu_name() -> str:
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo's "flags"); empty where there are none."""
+    return frozenset(_cpuinfo_field("flags").split())
+
+
 def _cpuinfo_field(name: str) -> str:
     """The first value of `name` in /proc/cpuinfo; empty where there is none (not Linux)."""
     try:
@@ -65,9 +70,7 @@ def device_description(device: str, gpus: list) -> DeviceDescription:
         return DeviceDescription(
             "GPU", details.get("device_name", gpu.name), details.get("compute_capability")
         )
-    return DeviceDescription(
-        "CPU", cpu_name(), cpu_flags=frozenset(_cpuinfo_field("flags").split())
-    )
+    return DeviceDescription("CPU", cpu_name(), cpu_flags=cpu_flags())
 
 
 def require_memory(config: TrainConfig) -> None:

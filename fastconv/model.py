@@ -64,8 +64,8 @@ class ConvNet(tf.Module):
         `conv_form` names one of `CONV_FORMS`, each the same function written for a
         different engine: "nn" is the book's `tf.nn` ops (cuDNN's on a GPU), "fused" (an op
         of fastconv's own) runs fastest in graph mode on a CPU and "batch_channels" next,
-        "patches" under XLA. `weights` computes with
-        other values of the six variables, in the order of `weights` (moving averages).
+        "patches" under XLA. `weights` computes with other values of the six variables, in
+        the order of `weights` (moving averages).
         """
         weights = weights or self.weights
         conv_w, conv_b, w1, b1, w2, b2 = (self._compute(w) for w in weights)

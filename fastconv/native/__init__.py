@@ -56,15 +56,11 @@ def compiler() -> str:
     raise NativeUnavailable("no C++ compiler found (looked for $CXX, c++, g++)")
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+def _cpu_flags() -> frozenset[str]:
+    # Imported here: fastconv.machine imports the model, which imports this module.
+    from fastconv.machine import cpu_flags
+
+    return cpu_flags()
 
 
 def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
@@ -84,13 +80,14 @@ def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
     ]
 
 
-def _build_key(command: list[str]) -> str:
+def _build_key(cxx: str) -> str:
     """What the library depends on: the sources, the command, the compiler, TensorFlow and
     this CPU (-march=native code may not run on another)."""
+    command = compile_command(cxx, SOURCES / "ops.cc", Path("ops.so"))  # any output path
     digest = hashlib.sha256()
     for name in SOURCE_FILES:
         digest.update(name.encode() + (SOURCES / name).read_bytes())
-    version = subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     cpu = " ".join(sorted(_cpu_flags()))
     digest.update("\0".join([*command, version, tf.__version__, cpu]).encode())
     return digest.hexdigest()[:16]
@@ -104,9 +101,7 @@ def build(verbose: bool = False) -> Path:
         # slower than TensorFlow's ops.
         raise NativeUnavailable("this CPU has no AVX-512, which the op needs to be fast")
     cxx = compiler()
-    placeholder = Path("ops.so")
-    key = _build_key(compile_command(cxx, SOURCES / "ops.cc", placeholder))
-    target = cache_dir() / key / LIBRARY
+    target = cache_dir() / _build_key(cxx) / LIBRARY
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

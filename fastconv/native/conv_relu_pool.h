@@ -122,6 +122,18 @@ inline void WindowConvs(const Lanes (&taps)[kTaps], const Lanes* corner, int64_t
   }
 }
 
+// Calls visit(padded, lanes, column) for each block of [begin, end): its images gathered into
+// `padded`, how many lanes hold an image, and the block's first column of the outputs.
+template <typename Visit>
+inline void ForEachBlock(const float* images, const Geometry& g, int64_t begin, int64_t end,
+                         Visit visit) {
+  std::vector<Lanes> padded(g.padded_pixels());
+  for (int64_t block = begin; block < end; ++block) {
+    const int64_t lanes = GatherBlock(images, g, block, padded.data());
+    visit(padded.data(), lanes, block * kLanes);
+  }
+}
+
 }  // namespace internal
 
 // Features and winners of blocks [begin, end) of kLanes images.
@@ -129,11 +141,8 @@ inline void ConvReluPool(const float* images, const float* kernel, const float* 
                          const Geometry& g, int64_t begin, int64_t end, float* features,
                          uint8_t* winner) {
   using namespace internal;
-  std::vector<Lanes> padded(g.padded_pixels());
   const int64_t pw = g.padded_width();
-  for (int64_t block = begin; block < end; ++block) {
-    const int64_t lanes = GatherBlock(images, g, block, padded.data());
-    const int64_t column = block * kLanes;
+  ForEachBlock(images, g, begin, end, [&](const Lanes* padded, int64_t lanes, int64_t column) {
     // Kernel by kernel along each row of windows: the kernel's weights stay in registers,
     // and the four padded rows under the windows in the L1 cache.
     for (int64_t i = 0; i < g.height / 2; ++i) {
@@ -141,7 +150,7 @@ inline void ConvReluPool(const float* images, const float* kernel, const float* 
         Lanes taps[kTaps];
         for (int t = 0; t < kTaps; ++t) taps[t] = Lanes{} + kernel[t * g.kernels + k];
         for (int64_t j = 0; j < g.pooled_width(); ++j) {
-          const Lanes* corner = padded.data() + 2 * i * pw + 2 * j;
+          const Lanes* corner = padded + 2 * i * pw + 2 * j;
           Lanes conv[4];
           WindowConvs(taps, corner, pw, conv);
           // The first maximum wins ties, as TensorFlow's max-pool gradient does.
@@ -162,7 +171,7 @@ inline void ConvReluPool(const float* images, const float* kernel, const float* 
         }
       }
     }
-  }
+  });
 }
 
 // Adds the gradient of blocks [begin, end) into `sums` (K * kSums vectors of lanes: per
@@ -170,11 +179,8 @@ inline void ConvReluPool(const float* images, const float* kernel, const float* 
 inline void ConvReluPoolGrad(const float* images, const uint8_t* winner, const float* grad,
                              const Geometry& g, int64_t begin, int64_t end, Lanes* sums) {
   using namespace internal;
-  std::vector<Lanes> padded(g.padded_pixels());
   const int64_t pw = g.padded_width();
-  for (int64_t block = begin; block < end; ++block) {
-    const int64_t lanes = GatherBlock(images, g, block, padded.data());
-    const int64_t column = block * kLanes;
+  ForEachBlock(images, g, begin, end, [&](const Lanes* padded, int64_t lanes, int64_t column) {
     for (int64_t i = 0; i < g.height / 2; ++i) {
       for (int64_t k = 0; k < g.kernels; ++k) {
         Lanes sum[kSums];  // in registers along the row of windows
@@ -188,7 +194,7 @@ inline void ConvReluPoolGrad(const float* images, const uint8_t* winner, const f
           Lanes routed[4];
           for (int p = 0; p < 4; ++p) routed[p] = at == p ? d : Lanes{};
           sum[kTaps] += (routed[0] + routed[1]) + (routed[2] + routed[3]);
-          const Lanes* corner = padded.data() + 2 * i * pw + 2 * j;
+          const Lanes* corner = padded + 2 * i * pw + 2 * j;
           for (int t = 0; t < kTaps; ++t) {
             const Lanes* tap = corner + (t / 3) * pw + t % 3;
             // One multiply-add each, into the sum (a sum of products first would add a
@@ -202,7 +208,7 @@ inline void ConvReluPoolGrad(const float* images, const uint8_t* winner, const f
         for (int t = 0; t < kSums; ++t) sums[k * kSums + t] = sum[t];
       }
     }
-  }
+  });
 }
 
 }  // namespace fastconv

@@ -39,8 +39,8 @@ using tensorflow::shape_inference::ShapeHandle;
 tensorflow::Status ReadGeometry(const Tensor& images, const Tensor& kernel, Geometry* g) {
   if (images.dims() != 4 || images.dim_size(1) % 2 || images.dim_size(2) % 2 ||
       images.dim_size(3) != 1) {
-    return InvalidArgument("images must be (batch, height, width, 1) with even height and width, got ",
-                           images.shape().DebugString());
+    return InvalidArgument("images must be (batch, height, width, 1) with even height and ",
+                           "width, got ", images.shape().DebugString());
   }
   if (kernel.dims() != 4 || kernel.dim_size(0) != 3 || kernel.dim_size(1) != 3 ||
       kernel.dim_size(2) != 1) {
