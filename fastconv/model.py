@@ -235,11 +235,13 @@ def fastest_conv_form(xla: bool, on_gpu: bool) -> str:
     return "batch_channels" if native.unavailable() else "fused"
 
 
-def usable_conv_form(conv_form: str) -> bool:
+def usable_conv_form(conv_form: str, xla: bool = False) -> bool:
     """Whether `conv_form` names a form that can run here (a form with an op of fastconv's
-    own needs the op built)."""
+    own needs the op built, and XLA cannot compile it)."""
     form = CONV_FORMS.get(conv_form)
-    return form is not None and (form.stock is None or not native.unavailable())
+    if form is None:
+        return False
+    return form.stock is None or not (xla or native.unavailable())
 
 
 def stock_conv_form(conv_form: str) -> str:

@@ -43,7 +43,7 @@ def test_without_the_fused_op_a_cpu_run_uses_tensorflows_ops_and_says_why(monkey
     assert placement.conv_form == "batch_channels"
     assert placement.notes == (
         "note: fastconv's fused conv op is not available (no C++ compiler found (looked for "
-        "c++)); the first layer runs as TensorFlow's ops, which train more slowly on a CPU",
+        "c++)); the first layer runs as TensorFlow's ops",
     )
 
 
@@ -120,3 +120,12 @@ def test_place_warns_of_float16_on_a_cpu_and_refuses_a_missing_gpu(machine):
         runtime.place(TrainConfig(device="gpu"))
     with pytest.raises(ConfigError, match="shards=3 must divide batch_size=128"):
         TrainConfig(shards=3)
+
+
+def test_a_run_on_the_fused_op_resumed_with_xla_computes_in_xlas_form():
+    recorded = {"shards": 2, "threads": [1, 2], "precision": "float32", "conv_form": "fused"}
+    placement = runtime.place(TrainConfig(xla=True), recorded)
+    assert placement.conv_form == "patches"
+    assert "note: the run's conv_form fused cannot run under XLA; resumed with patches" in (
+        placement.notes
+    )

@@ -8,16 +8,16 @@ vector, in one pass forward and one backward (bench/RESULTS.md has the measureme
 
 The op is compiled from `ops.cc` with the C++ compiler (`$CXX`, else c++ or g++), against
 the installed TensorFlow's headers, for this CPU (`-march=native`), once: the library is
-cached under `$XDG_CACHE_HOME/fastconv` (else ~/.cache/fastconv), keyed by the sources, the
-flags, the compiler and TensorFlow. Where it cannot be built or loaded, `unavailable()` says
-why in one line and fastconv computes the layer with TensorFlow's own ops.
+cached under `$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native), keyed by the
+sources, the flags, the compiler, TensorFlow and the CPU. It is built only on CPUs with
+AVX-512. Where it cannot be built or loaded, `unavailable()` says why in one line and
+fastconv computes the layer with TensorFlow's own ops.
 `FASTCONV_NATIVE=0` turns the op off. `python -m fastconv.native` builds it and says how it
 went (scripts/setup.sh runs it, so that a first run does not wait for the compiler).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -63,11 +63,18 @@ def _cpu_flags() -> frozenset[str]:
     return cpu_flags()
 
 
+@functools.cache
+def _accepts(cxx: str, flag: str) -> bool:
+    """Whether the compiler knows `flag` (GCC 11 and older do not know -mno-avx512fp16)."""
+    probe = [cxx, flag, "-E", "-x", "c++", os.devnull]
+    return subprocess.run(probe, capture_output=True, timeout=60).returncode == 0
+
+
 def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
     flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w"]
-    if "avx512_fp16" in _cpu_flags():
-        # Eigen's AVX512-FP16 code in TensorFlow's headers does not compile with GCC 12;
-        # the op computes in float32 and needs none of it.
+    if "avx512_fp16" in _cpu_flags() and _accepts(cxx, "-mno-avx512fp16"):
+        # Eigen's AVX512-FP16 code in TensorFlow's headers does not compile with GCC 12
+        # (older GCCs do not enable it); the op computes in float32 and needs none of it.
         flags.append("-mno-avx512fp16")
     return [
         cxx,
@@ -115,9 +122,12 @@ def build(verbose: bool = False) -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             partial = Path(scratch) / LIBRARY
             command = compile_command(cxx, SOURCES / "ops.cc", partial)
-            done = subprocess.run(command, capture_output=True, text=True)
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            except subprocess.TimeoutExpired:
+                raise NativeUnavailable(f"{Path(cxx).name} took over 900 s on ops.cc") from None
             if done.returncode:
-                errors = [line for line in done.stderr.splitlines() if "error" in line]
+                errors = [line for line in done.stderr.splitlines() if "error:" in line]
                 first = (errors or done.stderr.splitlines() or ["no output"])[0].strip()
                 raise NativeUnavailable(f"{Path(cxx).name} failed on ops.cc: {first}")
             os.replace(partial, target)  # whole or not at all
@@ -131,11 +141,14 @@ def _load():
         return None, f"turned off by {SWITCH}=0"
     try:
         path = build()
-        library = tf.load_op_library(str(path))
     except NativeUnavailable as error:
         return None, str(error)
+    except (OSError, RuntimeError) as error:  # the cache folder (RuntimeError: no home)
+        return None, f"could not build in the cache: {error}"
+    try:
+        library = tf.load_op_library(str(path))
     except (tf.errors.NotFoundError, OSError) as error:
-        return None, f"the op library did not load: {str(error).splitlines()[0]}"
+        return None, f"{path} did not load: {str(error).splitlines()[0]}"
     tf.RegisterGradient("FastconvConvReluPool")(_conv_relu_pool_gradient)
     return library, None
 
@@ -169,7 +182,10 @@ def _conv_relu_pool_gradient(op, grad_features, _grad_winner):
     kernel_grad, bias_grad = ops().fastconv_conv_relu_pool_grad(
         images, winner, grad_features, kernel
     )
-    return [_images_gradient(images, kernel, winner, grad_features), kernel_grad, bias_grad]
+    # The images' gradient only where asked for (eager tapes say so; graphs prune it).
+    skipped = getattr(op, "skip_input_indices", None) or ()
+    images_grad = None if 0 in skipped else _images_gradient(images, kernel, winner, grad_features)
+    return [images_grad, kernel_grad, bias_grad]
 
 
 def _images_gradient(images, kernel, winner, grad_features):
@@ -193,8 +209,11 @@ def main() -> int:
     """Builds (or finds) the library and says so; exit 1 with the reason where it cannot."""
     start = time.perf_counter()
     if os.environ.get(SWITCH, "1") != "0":
-        with contextlib.suppress(NativeUnavailable):  # _load says why, below
+        try:
             build(verbose=True)
+        except NativeUnavailable as error:  # said once, not compiled again by _load
+            print(f"fastconv.native: not available, TensorFlow's own ops will be used: {error}")
+            return 1
     why_not = unavailable()
     if why_not:
         print(f"fastconv.native: not available, TensorFlow's own ops will be used: {why_not}")

@@ -156,15 +156,18 @@ inline void ConvReluPool(const float* images, const float* kernel, const float* 
           // The first maximum wins ties, as TensorFlow's max-pool gradient does.
           Lanes best = conv[0];
           LaneInts at{};
+          LaneInts nan = conv[0] != conv[0];
           for (int p = 1; p < 4; ++p) {
             const LaneInts better = conv[p] > best;
             best = better ? conv[p] : best;
             at = better ? LaneInts{} + p : at;
+            nan |= conv[p] != conv[p];
           }
           // Bias and ReLU after the pool: the same values (a window shares its bias, and
-          // ReLU keeps order), for a quarter of the work.
-          best += bias[k];
-          const LaneInts on = best > 0.0f;
+          // ReLU keeps order), for a quarter of the work. A NaN in the window passes through,
+          // as through TensorFlow's ops, so that a diverging run is seen to diverge.
+          best = nan ? Lanes{} + __builtin_nanf("") : best + bias[k];
+          const LaneInts on = (best > 0.0f) | nan;
           const int64_t row = (i * g.pooled_width() + j) * g.kernels + k;
           StoreLanes(on ? best : Lanes{}, lanes, features + row * g.batch + column);
           StoreWinners(on ? at : LaneInts{} + kNoWinner, lanes, winner + row * g.batch + column);

@@ -6,7 +6,7 @@
 //   FastconvConvReluPoolGrad(images, winner, grad_features, kernel)
 //       -> kernel_grad (3, 3, 1, K), bias_grad (K)
 //
-// fastconv/native.py builds this file on the machine that runs it and registers the
+// fastconv/native/__init__.py builds this file on the machine that runs it and registers the
 // gradient; blocks of 16 images are spread over the op's intra-op threads.
 
 #include <algorithm>
