@@ -46,6 +46,45 @@ def test_fused_op_equals_tensorflows_ops_on_real_images(fashion_mnist, batch):
         np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
+GRADIENT_WITH_THREADS = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+from fastconv import native
+rng = np.random.default_rng(0)
+images = tf.constant(rng.random((100, 28, 28, 1)), tf.float32)
+kernel = tf.constant(rng.normal(0, 0.5, (3, 3, 1, 10)), tf.float32)
+bias = tf.constant(rng.normal(0, 0.1, 10), tf.float32)
+upstream = tf.constant(rng.normal(size=(1960, 100)), tf.float32)
+with tf.GradientTape() as tape:
+    tape.watch([kernel, bias])
+    objective = tf.reduce_sum(native.conv_relu_pool(images, kernel, bias) * upstream)
+gradients = tape.gradient(objective, [kernel, bias])
+np.save(sys.argv[2], np.concatenate([g.numpy().ravel() for g in gradients]))
+"""
+
+
+def test_the_gradient_summed_by_two_threads_equals_one_threads(tmp_path):
+    """With two intra-op threads the backward op splits the 7 blocks of 16 images between
+    them, each summing into its own lanes, added up after."""
+    for threads in (1, 2):
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                GRADIENT_WITH_THREADS,
+                str(threads),
+                str(tmp_path / f"{threads}"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+    one, two = np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy")
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-5 * np.abs(one).max())
+
+
 def test_a_nan_pixel_makes_its_windows_features_nan_as_tensorflows_ops_do():
     """A diverging run must be seen to diverge: NaN is not taken for 'not above zero' by the
     ReLU nor passed over by the max."""
