@@ -122,6 +122,22 @@ inline void WindowConvs(const Lanes (&taps)[kTaps], const Lanes* corner, int64_t
   }
 }
 
+// Whether all values are finite (x - x is 0 for those, NaN for NaN and infinities).
+inline bool AllFinite(const float* values, int64_t count) {
+  bool finite = true;
+  for (int64_t i = 0; i < count; ++i) finite &= values[i] - values[i] == 0.0f;
+  return finite;
+}
+
+inline bool AllFinite(const Lanes* values, int64_t count) {
+  LaneInts bad{};
+  for (int64_t i = 0; i < count; ++i) bad |= values[i] - values[i] != 0.0f;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    if (bad[lane]) return false;
+  }
+  return true;
+}
+
 // Calls visit(padded, lanes, column) for each block of [begin, end): its images gathered into
 // `padded`, how many lanes hold an image, and the block's first column of the outputs.
 template <typename Visit>
@@ -142,7 +158,12 @@ inline void ConvReluPool(const float* images, const float* kernel, const float* 
                          uint8_t* winner) {
   using namespace internal;
   const int64_t pw = g.padded_width();
+  // A NaN or an infinity in the weights or the block's pixels (a diverging run) turns on
+  // the checks that pass NaN through; finite blocks, all of them in a healthy run, skip them.
+  const bool non_finite_weights = !AllFinite(kernel, kTaps * g.kernels) ||
+                                  !AllFinite(bias, g.kernels);
   ForEachBlock(images, g, begin, end, [&](const Lanes* padded, int64_t lanes, int64_t column) {
+    const bool non_finite = non_finite_weights || !AllFinite(padded, g.padded_pixels());
     // Kernel by kernel along each row of windows: the kernel's weights stay in registers,
     // and the four padded rows under the windows in the L1 cache.
     for (int64_t i = 0; i < g.height / 2; ++i) {
@@ -156,18 +177,21 @@ inline void ConvReluPool(const float* images, const float* kernel, const float* 
           // The first maximum wins ties, as TensorFlow's max-pool gradient does.
           Lanes best = conv[0];
           LaneInts at{};
-          LaneInts nan = conv[0] != conv[0];
           for (int p = 1; p < 4; ++p) {
             const LaneInts better = conv[p] > best;
             best = better ? conv[p] : best;
             at = better ? LaneInts{} + p : at;
-            nan |= conv[p] != conv[p];
           }
           // Bias and ReLU after the pool: the same values (a window shares its bias, and
-          // ReLU keeps order), for a quarter of the work. A NaN in the window passes through,
-          // as through TensorFlow's ops, so that a diverging run is seen to diverge.
-          best = nan ? Lanes{} + __builtin_nanf("") : best + bias[k];
-          const LaneInts on = (best > 0.0f) | nan;
+          // ReLU keeps order), for a quarter of the work.
+          best += bias[k];
+          LaneInts on = best > 0.0f;
+          if (non_finite) {  // a NaN passes through, as through TensorFlow's ops
+            LaneInts nan = best != best;
+            for (int p = 0; p < 4; ++p) nan |= conv[p] != conv[p];
+            best = nan ? Lanes{} + __builtin_nanf("") : best;
+            on |= nan;
+          }
           const int64_t row = (i * g.pooled_width() + j) * g.kernels + k;
           StoreLanes(on ? best : Lanes{}, lanes, features + row * g.batch + column);
           StoreWinners(on ? at : LaneInts{} + kNoWinner, lanes, winner + row * g.batch + column);
