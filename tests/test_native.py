@@ -156,6 +156,20 @@ def test_no_compiler_is_one_line_naming_what_was_looked_for(monkeypatch):
         native.compiler()
 
 
+@pytest.mark.parametrize("switch, code, said", [("1", 0, "ready in"), ("0", 1, "turned off")])
+def test_python_m_fastconv_native_says_whether_the_op_is_ready(switch, code, said):
+    """What scripts/setup.sh runs: the cached library found (or built), or why not."""
+    run = subprocess.run(
+        [sys.executable, "-m", "fastconv.native"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, native.SWITCH: switch},
+    )
+    assert run.returncode == code, run.stderr
+    (line,) = [line for line in run.stdout.splitlines() if "ready" in line or "not" in line]
+    assert line.startswith("fastconv.native: ") and said in line
+
+
 def test_turned_off_a_run_trains_with_tensorflows_ops_and_says_so(tmp_path):
     folder = write_dataset(tmp_path / "data")
     run = run_script(

@@ -70,8 +70,11 @@ def _accepts(cxx: str, flag: str) -> bool:
     return subprocess.run(probe, capture_output=True, timeout=60).returncode == 0
 
 
+FLAGS = ("-shared", "-fPIC", "-O3", "-march=native", "-w")
+
+
 def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
-    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w"]
+    flags = list(FLAGS)
     if "avx512_fp16" in _cpu_flags() and _accepts(cxx, "-mno-avx512fp16"):
         # Eigen's AVX512-FP16 code in TensorFlow's headers does not compile with GCC 12
         # (older GCCs do not enable it); the op computes in float32 and needs none of it.
@@ -88,15 +91,16 @@ def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
 
 
 def _build_key(cxx: str) -> str:
-    """What the library depends on: the sources, the command, the compiler, TensorFlow and
-    this CPU (-march=native code may not run on another)."""
-    command = compile_command(cxx, SOURCES / "ops.cc", Path("ops.so"))  # any output path
+    """What the library depends on: the sources, the flags, the compiler, TensorFlow and
+    this CPU (-march=native code may not run on another). The flags `compile_command` adds
+    follow from the compiler and the CPU, so finding a built library probes nothing."""
     digest = hashlib.sha256()
     for name in SOURCE_FILES:
         digest.update(name.encode() + (SOURCES / name).read_bytes())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     cpu = " ".join(sorted(_cpu_flags()))
-    digest.update("\0".join([*command, version, tf.__version__, cpu]).encode())
+    flags = [*FLAGS, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    digest.update("\0".join([cxx, *flags, version, tf.__version__, cpu]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -170,8 +174,8 @@ def unavailable() -> str | None:
 def conv_relu_pool(images: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     """conv 3x3 SAME + bias, ReLU, 2x2 max pool of float32 images (B, H, W, 1) with a
     kernel (3, 3, 1, K): the features (H/2 * W/2 * K, B), the book's (h, w, k) order down
-    the columns, one image per column. Differentiable in `kernel` and `bias` (the images get
-    no gradient: the network's first layer needs none)."""
+    the columns, one image per column. Differentiable in `kernel` and `bias` by the op, and
+    in the images by TensorFlow's ops (only where asked: training never does)."""
     features, _winner = ops().fastconv_conv_relu_pool(images, kernel, bias)
     return features
 
@@ -208,13 +212,13 @@ def _images_gradient(images, kernel, winner, grad_features):
 def main() -> int:
     """Builds (or finds) the library and says so; exit 1 with the reason where it cannot."""
     start = time.perf_counter()
+    why_not = None
     if os.environ.get(SWITCH, "1") != "0":
         try:
             build(verbose=True)
-        except NativeUnavailable as error:  # said once, not compiled again by _load
-            print(f"fastconv.native: not available, TensorFlow's own ops will be used: {error}")
-            return 1
-    why_not = unavailable()
+        except NativeUnavailable as error:  # told here, not compiled again by _load
+            why_not = str(error)
+    why_not = why_not or unavailable()
     if why_not:
         print(f"fastconv.native: not available, TensorFlow's own ops will be used: {why_not}")
         return 1
