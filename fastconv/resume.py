@@ -23,13 +23,14 @@ def _count(value) -> bool:
     return type(value) is int and value >= 1
 
 
-# What each recorded setting may be (`fastconv.runtime.Placement.record`).
+# What each recorded setting may be (`fastconv.runtime.Placement.record`), given the
+# resumed run's configuration: a form with fastconv's own op cannot run under --xla.
 _VALID = {
-    "shards": _count,
-    "threads": lambda value: value is None or _counts(value),
-    "precision": lambda value: value in PRECISIONS and value != "auto",
-    "conv_form": usable_conv_form,
-    "replicas": _count,
+    "shards": lambda value, config: _count(value),
+    "threads": lambda value, config: value is None or _counts(value),
+    "precision": lambda value, config: value in PRECISIONS and value != "auto",
+    "conv_form": lambda value, config: usable_conv_form(value, config.xla),
+    "replicas": lambda value, config: _count(value),
 }
 
 
@@ -84,15 +85,18 @@ def _reported_epochs(folder: Path) -> int | None:
         return None
 
 
-def recorded_settings(folder: Path) -> tuple[dict | None, list[str]]:
+def recorded_settings(folder: Path, config: TrainConfig) -> tuple[dict | None, list[str]]:
     """The settings the run resolved from its machine when it started, as
-    `fastconv.runtime.place` takes them, and a note for any this version cannot honour."""
+    `fastconv.runtime.place` takes them, and a note for any that this version, this machine
+    or `config` cannot honour."""
     record = rundir.recorded_placement(folder)
     if record is None:
         note = f"note: {folder} records no settings resolved from its machine; resolving them here"
         return None, [note]
     valid = {
-        name: record[name] for name, ok in _VALID.items() if name in record and ok(record[name])
+        name: record[name]
+        for name, ok in _VALID.items()
+        if name in record and ok(record[name], config)
     }
     if valid.get("threads"):
         valid["threads"] = tuple(valid["threads"])

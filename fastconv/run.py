@@ -61,7 +61,7 @@ def train_and_evaluate(
         start = starting_point(config, folder, steps_per_epoch, resume)
         if config.export_dir:
             export.check_target(config.export_dir, _run_id(folder))
-        recorded, notes = recorded_settings(folder) if start else (None, [])
+        recorded, notes = recorded_settings(folder, config) if start else (None, [])
         placement = runtime.start(config, recorded)
         for line in (*(start.notes if start else ()), f"device: {placement.description}"):
             log(line)

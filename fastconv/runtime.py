@@ -25,7 +25,7 @@ from fastconv.machine import (
     device_description,
     require_memory,
 )
-from fastconv.model import fastest_conv_form, usable_conv_form
+from fastconv.model import fastest_conv_form
 
 
 def seed_everything(seed: int) -> None:
@@ -286,12 +286,6 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
             f"{replicas}: the batches split differently, so the sums may round differently"
         )
     settings = {**machine, **recorded}
-    if not usable_conv_form(settings["conv_form"], config.xla):  # fused, resumed with --xla
-        notes.append(
-            f"note: the run's conv_form {settings['conv_form']} cannot run under XLA; "
-            f"resumed with {machine['conv_form']}"
-        )
-        settings["conv_form"] = machine["conv_form"]
     differ = [name for name in RECORDED if settings[name] != machine[name]]
     if differ:
         notes.append(

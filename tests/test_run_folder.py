@@ -33,6 +33,7 @@ from helpers import synthetic_dataset
 from fastconv import checkpoints, cli, export, rundir, runtime
 from fastconv.checkpoints import NothingToResume
 from fastconv.config import TrainConfig
+from fastconv.resume import recorded_settings
 from fastconv.run import train_and_evaluate
 from fastconv.rundir import RunFolderError
 
@@ -184,6 +185,27 @@ def test_settings_the_machine_cannot_honour_are_said_before_any_work(finished, t
     ]
     first_work = next(i for i, line in enumerate(lines) if line.startswith("data:"))
     assert max(warnings) < first_work
+
+
+def test_a_run_on_the_fused_op_resumed_with_xla_is_told_and_uses_xlas_form(tmp_path):
+    """XLA cannot compile fastconv's own op: the recorded form is one this run cannot honour."""
+    placement = {
+        "shards": 2,
+        "threads": [1, 2],
+        "precision": "float32",
+        "conv_form": "fused",
+        "replicas": 1,
+    }
+    rundir.write_json(tmp_path / rundir.ENVIRONMENT, {"placement": placement})
+    recorded, notes = recorded_settings(tmp_path, TrainConfig(xla=True))
+    assert "conv_form" not in recorded and recorded["shards"] == 2
+    assert notes == [
+        f"warning: cannot resume with the run's conv_form 'fused' (in "
+        f"{tmp_path / rundir.ENVIRONMENT}); this machine's choice may compute differently"
+    ]
+    assert runtime.place(TrainConfig(xla=True), recorded).conv_form == "patches"
+    graph_mode, _ = recorded_settings(tmp_path, TrainConfig())
+    assert graph_mode["conv_form"] == "fused"  # where the op is built, as here
 
 
 # Damaged checkpoints

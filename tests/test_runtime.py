@@ -120,12 +120,3 @@ def test_place_warns_of_float16_on_a_cpu_and_refuses_a_missing_gpu(machine):
         runtime.place(TrainConfig(device="gpu"))
     with pytest.raises(ConfigError, match="shards=3 must divide batch_size=128"):
         TrainConfig(shards=3)
-
-
-def test_a_run_on_the_fused_op_resumed_with_xla_computes_in_xlas_form():
-    recorded = {"shards": 2, "threads": [1, 2], "precision": "float32", "conv_form": "fused"}
-    placement = runtime.place(TrainConfig(xla=True), recorded)
-    assert placement.conv_form == "patches"
-    assert "note: the run's conv_form fused cannot run under XLA; resumed with patches" in (
-        placement.notes
-    )
