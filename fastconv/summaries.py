@@ -14,10 +14,12 @@ two curves of the book's figure in one chart.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
+from tensorboard.plugins.image import metadata as image_metadata
 
 from fastconv.model import IMAGE_SHAPE
 from fastconv.trainer import Trainer
@@ -85,8 +87,16 @@ class Summaries:
         with self.test.as_default(step=step):
             tf.summary.scalar("loss", loss)
             tf.summary.scalar("accuracy", accuracy)
-            image = tf.io.decode_png(confusion_png, channels=3)
-            tf.summary.image("confusion_matrix", image[tf.newaxis], step=step)
+            # As tf.summary.image writes an image (width, height, then the PNG), from the
+            # PNG at hand: decoding it for tf.summary.image to encode again took 0.03-0.1 s.
+            width, height = struct.unpack(">II", confusion_png[16:24])  # the PNG's IHDR
+            tf.summary.write(
+                "confusion_matrix",
+                tf.constant([str(width), str(height), confusion_png]),
+                metadata=image_metadata.create_summary_metadata(
+                    display_name=None, description=None
+                ),
+            )
 
     def flush(self) -> None:
         for writer in (self.train, self.validation, self.test, self.session):

@@ -265,3 +265,25 @@ def test_hparams_dashboard_lists_validation_and_test_results_as_metrics(run, ten
     values = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in group["metricValues"]}
     for column, value in wanted.items():
         assert values[column] == pytest.approx(value, rel=1e-6), column
+
+
+def test_images_dashboard_shows_the_confusion_matrix_png(run, tensorboard):
+    """The Images tab, through TensorBoard's own HTTP API: the test run's confusion matrix
+    at the last epoch, the very PNG of confusion_matrix.png."""
+    import urllib.parse
+    import urllib.request
+
+    logdir, _ = run
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(f"{tensorboard}{path}", timeout=60) as response:
+            return response.read()
+
+    tags = json.loads(get("/data/plugin/images/tags"))
+    (test_run,) = (name for name in tags if name.endswith("test"))
+    assert set(tags[test_run]) == {"confusion_matrix"}
+    query = urllib.parse.urlencode({"run": test_run, "tag": "confusion_matrix", "sample": 0})
+    (image,) = json.loads(get(f"/data/plugin/images/images?{query}"))
+    assert image["step"] == EPOCHS
+    png = get(f"/data/plugin/images/individualImage?{image['query']}")
+    assert png == (logdir / "confusion_matrix.png").read_bytes()
