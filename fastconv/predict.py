@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv.cli import exit_promptly, import_tensorflow
+from fastconv.cli import exit_promptly
 from fastconv.data import IMAGE_SIZE, DataError, read_idx
+from fastconv.importing import import_tensorflow
 
 
 def read_images(path: Path) -> np.ndarray:
