@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import tensorflow as tf
@@ -166,7 +167,8 @@ def _train(
     )
     requests.check("during start-up")
     faults.reached("compile")
-    compile_seconds = compile_trainer(trainer, datasets, config.profile_steps is not None)
+    profiled = config.profile_steps is not None
+    compile_seconds = compile_trainer(trainer, datasets, profiled, placement.device_scope)
     log(f"compiled in {compile_seconds:.2f} s")
     xla_ratio = None
     if config.xla and not placement.on_gpu and not placement.strategy:
@@ -227,19 +229,34 @@ def _one_line(error: Exception, folder: Path | None, requests: StopRequests) -> 
     return error
 
 
-def compile_trainer(trainer: Trainer, datasets: Datasets, profiled: bool = False) -> float:
+def compile_trainer(
+    trainer: Trainer,
+    datasets: Datasets,
+    profiled: bool = False,
+    device_scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> float:
     """Traces and compiles the training and evaluation functions; returns the seconds spent.
 
     One real step compiles the training loop (and, for a `profiled` run, the one-step
     function the profiled steps run, so no trace lands in the window); its changes are
-    undone, so the run that follows is exactly the run without this warm-up.
+    undone, so the run that follows is exactly the run without this warm-up. The evaluation
+    compiles meanwhile in a thread of its own, in `device_scope` (the run's: a device scope
+    belongs to its thread): while one function's graph is optimized in C++, the other's
+    tracing has Python to itself (0.1 s less of 0.6).
     """
     start = time.perf_counter()
-    with trainer.state_restored():
+    validation = datasets.validation
+    one_image = type(validation)(validation.images[:1], validation.targets[:1])
+
+    def compile_evaluation() -> None:
+        with device_scope():
+            trainer.evaluate(one_image)
+
+    with trainer.state_restored(), ThreadPoolExecutor(1) as thread:
+        evaluation = thread.submit(compile_evaluation)
         iterator = iter(datasets.train())
         trainer.train(iterator, tf.constant(1))
         if profiled:
             trainer.train_one_step(iterator)
-        validation = datasets.validation
-        trainer.evaluate(type(validation)(validation.images[:1], validation.targets[:1]))
+        evaluation.result()
     return time.perf_counter() - start

@@ -1,7 +1,9 @@
 """The compiled trainer: XLA and graph agree, SGD is SGD, nothing retraces, loss falls."""
 
+import contextlib
 import dataclasses
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -111,21 +113,51 @@ def test_nothing_retraces_after_the_first_epoch(xla):
     assert trainer.trace_count() == traced
 
 
+def test_evaluation_compiled_in_its_own_thread_runs_in_the_runs_device_scope():
+    """A device scope belongs to the thread that entered it: the evaluation's warm-up call,
+    in a thread beside the training loop's, enters the run's scope itself (on a GPU, the
+    call compiles for the device it runs on)."""
+    config = TrainConfig(batch_size=32)
+    split = data.book_split(synthetic_dataset(), config)
+    datasets = make_datasets(split, config)
+    trainer = make_trainer(config, runtime.place(config), datasets.make_batch)
+    scopes = []  # the scope's entries and exits, in order
+
+    @contextlib.contextmanager
+    def device_scope():
+        scopes.append(("enter", threading.current_thread()))
+        yield
+        scopes.append(("exit", threading.current_thread()))
+
+    evaluate, calls = trainer.evaluate, []
+
+    def evaluate_recorded(evaluation):
+        calls.append((list(scopes), threading.current_thread()))
+        return evaluate(evaluation)
+
+    trainer.evaluate = evaluate_recorded
+    compile_trainer(trainer, datasets, device_scope=device_scope)
+    ((scopes_then, thread),) = calls
+    assert thread is not threading.main_thread()
+    assert scopes_then == [("enter", thread)]
+    assert scopes == [("enter", thread), ("exit", thread)]
+
+
 def test_compile_warm_up_leaves_no_trace_in_the_run(monkeypatch):
     """A run with the warm-up step that compiles it ends bit for bit as a run without one."""
     config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, seed=9)
     dataset = synthetic_dataset()
     warm_ups = []
 
-    def counted_warm_up(trainer, datasets, profiled=False):
+    def counted_warm_up(trainer, datasets, *args):
         warm_ups.append(trainer.steps_done)
-        return compile_trainer(trainer, datasets, profiled)
+        return compile_trainer(trainer, datasets, *args)
 
     monkeypatch.setattr(run, "compile_trainer", counted_warm_up)
     warmed = train_and_evaluate(config, dataset, log=lambda line: None)
     assert warm_ups == [0]  # the run did warm up, before its first step
     # Without the warm-up, the first block compiles the loop as it runs.
-    monkeypatch.setattr(run, "compile_trainer", lambda trainer, datasets, profiled=False: 0.0)
+    monkeypatch.setattr(run, "compile_trainer", lambda trainer, datasets, *args: 0.0)
     cold = train_and_evaluate(config, dataset, log=lambda line: None)
     assert warm_ups == [0]
     assert warmed.trainer.optimizer.iterations.numpy() == 2 * (480 // 32)
