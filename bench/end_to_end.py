@@ -278,7 +278,8 @@ FOOTNOTES = """\
   confusion matrix. Keras: `evaluate` on the test set. The book: `score` on validation and test.
 - rest: outside - the parts before it: the interpreter's start, imports beyond TensorFlow's,
   reading the data, building the model, fit's set-up; fastconv's run folder, summaries and,
-  with --xla, its speed probe.
+  with --xla, its speed probe. fastconv reads its data while TensorFlow imports: its rest
+  holds no data reading, only what the import took there beyond the import alone.
 - outside but import, % of steps: (wall + exit - steps - import) / steps, the issue's 20%
   measure: everything but the steps and TensorFlow's import, until the process has ended.
 - x Keras: Keras's fastest row's seconds over this row's (above 1: faster than Keras).

@@ -435,7 +435,8 @@ def _fastconv(
 
         step_summaries = tf.summary.create_file_writer(tempfile.mkdtemp(prefix="fastconv-bench-"))
     trainer = make_trainer(config, placement, datasets.make_batch, step_summaries)
-    compile_trainer(trainer, datasets)  # as a run compiles: the training and evaluation
+    # As a run compiles them: the training and evaluation functions.
+    compile_trainer(trainer, datasets, False, placement.device_scope)
     iterator = iter(datasets.train())
     steps = tf.constant(datasets.steps_per_epoch)
 

@@ -152,10 +152,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool
     """The run the flags ask for: its RunResult, or the exit code of a run refused."""
     try:
         config = configure(args, resume)
-        faults.reached("import")
         # The data are read and split while TensorFlow imports: a bad file fails in a blink.
         importing = TensorFlowImport()
-        arrays = data.book_split(data.load(config.data_dir), config)
+        faults.reached("import")
+        arrays = data.book_split(read_data(config, importing), config)
         require_profile_fits(config, len(arrays.train_images) // config.batch_size)
     except ConfigError as error:
         if error.field and not resume:  # a flag's value that the run cannot take
@@ -172,11 +172,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool
     from fastconv.resume import NothingToDo
     from fastconv.run import train_and_evaluate
 
-    # The ~300,000 objects of TensorFlow's import live as long as the process: out of the
-    # garbage collector's sight, the run's one full collection (it fell in the drawing of
-    # the figures) took 0.15 s less.
-    gc.freeze()
-
     log(" | ".join(f"{name} {version}" for name, version in runtime.versions().items()))
     log("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
     live = sys.stdout.isatty() and not getattr(args, "quiet", False)
@@ -191,6 +186,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def read_data(config: TrainConfig, importing: TensorFlowImport) -> data.FashionMNIST:
+    """The data set, read while TensorFlow imports; where it must be downloaded, after the
+    import (Keras's downloader imports TensorFlow: not from two threads at once)."""
+    try:
+        return data.load(config.data_dir, download=False)
+    except data.DataNotFound:
+        importing.wait()
+        return data.load(config.data_dir)
 
 
 def require_profile_fits(config: TrainConfig, steps_per_epoch: int) -> None:
@@ -231,7 +236,11 @@ def configure(args: argparse.Namespace, resume: bool) -> TrainConfig:
 
 def main_entry(started_at: float | None = None) -> None:
     """The console script `fastconv-train`, and scripts/train.py."""
-    exit_promptly(main(started_at=started_at))
+    try:
+        code = main(started_at=started_at)
+    except SystemExit as refused:  # argparse's refusal of a flag, perhaps mid-import
+        code = refused.code if isinstance(refused.code, int) else 2
+    exit_promptly(code)
 
 
 def exit_promptly(code: int) -> typing.NoReturn:

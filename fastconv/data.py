@@ -53,6 +53,10 @@ class DataError(Exception):
     """The data set is missing or a file of it is not what it must be; the message names it."""
 
 
+class DataNotFound(DataError):
+    """No folder searched holds the data set, and no download was attempted."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FashionMNIST:
     """The data set as uint8 arrays: images (N, 28, 28), labels (N,) in 0..9."""
@@ -179,11 +183,14 @@ def locate(data_dir: str | os.PathLike | None = None, download: bool = True) -> 
             return _download(KERAS_CACHE.expanduser())
         except Exception as error:  # any failure to fetch means: no data here
             reason = f"download failed: {str(error).splitlines()[0] if str(error) else error!r}"
-    else:
-        reason = "download not attempted"
-    raise DataError(
-        f"Fashion-MNIST not found in {', '.join(map(str, searched))} ({reason}); " + HOW_TO_GET
+        raise DataError(f"Fashion-MNIST not found in {where(searched)} ({reason}); {HOW_TO_GET}")
+    raise DataNotFound(
+        f"Fashion-MNIST not found in {where(searched)} (download not attempted); {HOW_TO_GET}"
     )
+
+
+def where(folders: list[Path]) -> str:
+    return ", ".join(map(str, folders))
 
 
 def _download(folder: Path) -> Path:

@@ -6,7 +6,7 @@ Two environment variables, which nothing but the tests sets, put a fault there:
 
     FASTCONV_TEST_SIGNAL=<point>:<SIGNAL>
         sends SIGNAL (e.g. SIGTERM) to the run's own process when it reaches <point>:
-        "import" (the command line, before TensorFlow is imported), "start-up" (the run
+        "import" (the command line, as TensorFlow's import begins), "start-up" (the run
         folder just locked), "compile", "final-evaluation", "export", or "step-N" (after
         the first block of steps that ends at or past step N).
     FASTCONV_TEST_PAUSE_CHECKPOINT=<N>

@@ -2,16 +2,17 @@
 
 TensorFlow's C++ start-up lines (oneDNN notices, CUDA probing on machines without a GPU) come
 before its logging starts, so TF_CPP_MIN_LOG_LEVEL does not hold them back, and they bury the
-run's own lines: the import writes C's stderr (file descriptor 2) to a temporary file, shown
-only when the import fails. TF_CPP_MIN_LOG_LEVEL=0 lets them through.
+run's own lines: while it imports, C's stderr (file descriptor 2) goes to a temporary file,
+shown only when the import fails. TF_CPP_MIN_LOG_LEVEL=0 lets them through.
 
-The import takes about 3 s on a CPU machine, and needs none of the command's own work: the
+The import takes about 3 s on a CPU machine and needs none of the command's own work: the
 training command reads and checks the data meanwhile (`TensorFlowImport`), so a bad file is
 still refused at once, and a good one costs no time (0.3-0.4 s of a run, measured).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -21,8 +22,8 @@ THREAD_NAME = "fastconv-import-tensorflow"
 
 
 def import_tensorflow() -> None:
-    """Imports TensorFlow quietly, and waits for it."""
-    TensorFlowImport().wait()
+    """Imports TensorFlow quietly, in this thread."""
+    TensorFlowImport(background=False).wait()
 
 
 def still_importing() -> bool:
@@ -32,47 +33,61 @@ def still_importing() -> bool:
 
 
 class TensorFlowImport:
-    """`import tensorflow`, started in a thread of its own; `wait` joins it.
+    """`import tensorflow`, in a thread of its own unless not `background`; `wait` ends it.
 
-    While it runs, C's stderr goes to the temporary file and Python's `sys.stderr` to a copy
-    of the real one, so what the command prints meanwhile (a bad file's error) is seen.
+    While it runs, C's stderr goes to the temporary file, and Python's `sys.stderr` to a
+    copy of the real one, so what the command prints meanwhile (a bad file's error) is seen.
+    The import's thread hands C's stderr back as it ends; `wait`, in the command's thread,
+    hands back Python's.
     """
 
-    def __init__(self):
+    def __init__(self, background: bool = True):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         self._thread = None
         self._error: BaseException | None = None
-        self._python_stderr = self._stderr_copy = self._file = None
+        self._file = self._stderr = self._stderr_copy = None
         self._printed = ""  # what TensorFlow wrote to C's stderr
+        self._imported = False  # by this object, and not yet waited for
         if "tensorflow" in sys.modules:
             return  # imported already
-        if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":  # not wanted loud
+        self._imported = True
+        # Not wanted loud, and a stderr to keep (a command started with stderr closed has none).
+        if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0" and sys.stderr is not None:
             self._capture_c_stderr()
+        if not background:
+            self._import()
+            return
         self._thread = threading.Thread(target=self._import, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
     def wait(self) -> None:
         """Returns once TensorFlow is imported; a failed import raises its error, after the
         lines TensorFlow printed."""
-        if self._thread is None:
-            return
-        self._thread.join()
-        self._thread = None
-        if self._stderr_copy is not None:
-            self._stderr_copy.close()  # only now: the command may have printed to it till here
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._stderr_copy is not None:  # only now: the command may print to it till here
+            if sys.stderr is self._stderr_copy:
+                sys.stderr = self._stderr
+            self._stderr_copy.close()
+            self._stderr_copy = None
         if self._error is not None:
-            sys.stderr.write(self._printed)
+            if isinstance(self._error, Exception):  # not for a Ctrl-C
+                sys.stderr.write(self._printed)
             raise self._error
+        if self._imported:
+            # The ~300,000 objects the import made live as long as the process: out of the
+            # garbage collector's sight, a run's one full collection took 0.15 s less.
+            gc.freeze()
+            self._imported = False
 
     def _capture_c_stderr(self) -> None:
-        sys.stderr.flush()
-        self._python_stderr = sys.stderr
-        copy = os.dup(2)
-        self._stderr_copy = open(  # noqa: SIM115 - closed in wait(), after the last use
-            copy, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace"
-        )
-        sys.stderr = self._stderr_copy
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed as the import ends
+        sys.stderr.flush()
+        self._stderr_copy = open(  # noqa: SIM115 - closed in wait(), after the last use
+            os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace"
+        )
+        self._stderr, sys.stderr = sys.stderr, self._stderr_copy
         os.dup2(self._file.fileno(), 2)
 
     def _import(self) -> None:
@@ -82,11 +97,7 @@ class TensorFlowImport:
             self._error = error
         finally:
             if self._file is not None:
-                self._release_c_stderr()
-
-    def _release_c_stderr(self) -> None:
-        os.dup2(self._stderr_copy.fileno(), 2)
-        sys.stderr = self._python_stderr
-        self._file.seek(0)
-        self._printed = self._file.read().decode(errors="replace")
-        self._file.close()
+                os.dup2(self._stderr_copy.fileno(), 2)
+                self._file.seek(0)
+                self._printed = self._file.read().decode(errors="replace")
+                self._file.close()

@@ -232,8 +232,8 @@ def _one_line(error: Exception, folder: Path | None, requests: StopRequests) -> 
 def compile_trainer(
     trainer: Trainer,
     datasets: Datasets,
-    profiled: bool = False,
-    device_scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    profiled: bool,
+    device_scope: Callable[[], contextlib.AbstractContextManager],
 ) -> float:
     """Traces and compiles the training and evaluation functions; returns the seconds spent.
 

@@ -89,7 +89,7 @@ class Summaries:
             tf.summary.scalar("accuracy", accuracy)
             # As tf.summary.image writes an image (width, height, then the PNG), from the
             # PNG at hand: decoding it for tf.summary.image to encode again took 0.03-0.1 s.
-            width, height = struct.unpack(">II", confusion_png[16:24])  # the PNG's IHDR
+            width, height = struct.unpack(">II", confusion_png[16:24])  # the PNG's IHDR chunk
             tf.summary.write(
                 "confusion_matrix",
                 tf.constant([str(width), str(height), confusion_png]),

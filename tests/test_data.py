@@ -8,7 +8,8 @@ from helpers import idx_bytes, synthetic_images, write_dataset, write_idx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastconv import data
+from fastconv import cli, data
+from fastconv.config import TrainConfig
 
 
 @pytest.fixture
@@ -126,6 +127,28 @@ def test_downloads_into_keras_cache_when_nothing_is_found(no_default_dirs, monke
     monkeypatch.setenv("FASHION_MNIST_ORIGIN", mirror.as_uri() + "/")
     assert data.locate() == data.KERAS_CACHE
     assert data.load().train_images.shape == (600, 28, 28)
+
+
+def test_without_download_nothing_found_is_data_not_found(no_default_dirs):
+    with pytest.raises(data.DataNotFound, match="download not attempted"):
+        data.load(download=False)
+
+
+def test_the_command_downloads_only_once_tensorflows_import_has_ended(no_default_dirs, monkeypatch):
+    """Keras's downloader imports TensorFlow, which the command imports in another thread:
+    the command first looks without downloading, and downloads after waiting for it."""
+    mirror = write_dataset(no_default_dirs / "mirror")
+    monkeypatch.setenv("FASHION_MNIST_ORIGIN", mirror.as_uri() + "/")
+    fetched_at_wait = []
+
+    class Importing:  # a TensorFlowImport: its wait() records what was fetched by then
+        def wait(self):
+            fetched_at_wait.append(sorted(data.KERAS_CACHE.glob("*")))
+
+    dataset = cli.read_data(TrainConfig(), Importing())
+    assert fetched_at_wait == [[]]  # waited once, before the first file was fetched
+    assert dataset.source == data.KERAS_CACHE
+    assert dataset.train_images.shape == (600, 28, 28)
 
 
 def test_offline_without_data_says_how_to_get_it(no_default_dirs, monkeypatch):

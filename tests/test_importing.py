@@ -115,3 +115,29 @@ def test_a_corrupt_data_file_is_refused_while_tensorflow_imports(stand_in, tmp_p
     assert "corrupt or truncated gzip data" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_refused_while_tensorflow_imports_exits_without_waiting(stand_in, tmp_path):
+    """A batch larger than the training set is found out once the data are read, while the
+    stand-in still waits: argparse's refusal, exit code 2."""
+    result = stand_in(
+        f"import sys; sys.argv = ['train.py', '--batch-size', '100000', "
+        f"'--logdir', {str(tmp_path / 'run')!r}]\n"
+        "from fastconv.cli import main_entry; main_entry()\n"
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("train.py: error: argument --batch-size: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_tensorflow_imports_ends_at_once(stand_in, tmp_path):
+    """SIGINT, sent by the run to itself as the import has begun (FASTCONV_TEST_SIGNAL), with
+    the stand-in never let go: one line, exit code 130."""
+    result = stand_in(
+        f"import sys; sys.argv = ['train.py', '--logdir', {str(tmp_path / 'run')!r}]\n"
+        "from fastconv.cli import main_entry; main_entry()\n",
+        FASTCONV_TEST_SIGNAL="import:SIGINT",
+    )
+    assert result.returncode == 130
+    assert result.stderr == "error: interrupted by SIGINT during start-up; nothing was saved\n"
+    assert not (tmp_path / "run").exists()

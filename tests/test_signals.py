@@ -34,7 +34,7 @@ def main(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_a_stop_before_tensorflow_starts_ends_at_once(data_dir, tmp_path, stop_at, capsys):
+def test_a_stop_during_start_up_ends_at_once(data_dir, tmp_path, stop_at, capsys):
     stop_at("import", "SIGINT")
     code, _, err = main(capsys, *flags(data_dir, tmp_path / "run"))
     assert code == 130

@@ -270,6 +270,7 @@ def test_hparams_dashboard_lists_validation_and_test_results_as_metrics(run, ten
 def test_images_dashboard_shows_the_confusion_matrix_png(run, tensorboard):
     """The Images tab, through TensorBoard's own HTTP API: the test run's confusion matrix
     at the last epoch, the very PNG of confusion_matrix.png."""
+    import time
     import urllib.parse
     import urllib.request
 
@@ -279,7 +280,10 @@ def test_images_dashboard_shows_the_confusion_matrix_png(run, tensorboard):
         with urllib.request.urlopen(f"{tensorboard}{path}", timeout=60) as response:
             return response.read()
 
-    tags = json.loads(get("/data/plugin/images/tags"))
+    deadline = time.monotonic() + 60
+    while not (tags := json.loads(get("/data/plugin/images/tags"))):  # until it has loaded
+        assert time.monotonic() < deadline, "no images in TensorBoard"
+        time.sleep(0.5)
     (test_run,) = (name for name in tags if name.endswith("test"))
     assert set(tags[test_run]) == {"confusion_matrix"}
     query = urllib.parse.urlencode({"run": test_run, "tag": "confusion_matrix", "sample": 0})

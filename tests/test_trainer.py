@@ -136,7 +136,7 @@ def test_evaluation_compiled_in_its_own_thread_runs_in_the_runs_device_scope():
         return evaluate(evaluation)
 
     trainer.evaluate = evaluate_recorded
-    compile_trainer(trainer, datasets, device_scope=device_scope)
+    compile_trainer(trainer, datasets, False, device_scope)
     ((scopes_then, thread),) = calls
     assert thread is not threading.main_thread()
     assert scopes_then == [("enter", thread)]

@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -138,9 +139,17 @@ def build(verbose: bool = False) -> Path:
     return target
 
 
-@functools.cache
+_LOADING = threading.Lock()  # the first calls may come from two threads (the run's compile)
+
+
 def _load():
     """(the library, None) or (None, why not): tried once per process, failure included."""
+    with _LOADING:
+        return _load_once()
+
+
+@functools.cache
+def _load_once():
     if os.environ.get(SWITCH, "1") == "0":
         return None, f"turned off by {SWITCH}=0"
     try:
