@@ -7,7 +7,7 @@ shown only when the import fails. TF_CPP_MIN_LOG_LEVEL=0 lets them through.
 
 The import takes about 3 s on a CPU machine and needs none of the command's own work: the
 training command reads and checks the data meanwhile (`TensorFlowImport`), so a bad file is
-still refused at once, and a good one costs no time (0.3-0.4 s of a run, measured).
+still refused at once, and a good one costs no time (0.25-0.45 s of a run, measured).
 """
 
 from __future__ import annotations
