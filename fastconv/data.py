@@ -183,13 +183,13 @@ def locate(data_dir: str | os.PathLike | None = None, download: bool = True) -> 
             return _download(KERAS_CACHE.expanduser())
         except Exception as error:  # any failure to fetch means: no data here
             reason = f"download failed: {str(error).splitlines()[0] if str(error) else error!r}"
-        raise DataError(f"Fashion-MNIST not found in {where(searched)} ({reason}); {HOW_TO_GET}")
+        raise DataError(f"Fashion-MNIST not found in {_joined(searched)} ({reason}); {HOW_TO_GET}")
     raise DataNotFound(
-        f"Fashion-MNIST not found in {where(searched)} (download not attempted); {HOW_TO_GET}"
+        f"Fashion-MNIST not found in {_joined(searched)} (download not attempted); {HOW_TO_GET}"
     )
 
 
-def where(folders: list[Path]) -> str:
+def _joined(folders: list[Path]) -> str:
     return ", ".join(map(str, folders))
 
 
