@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from fastconv import zero_copy
 from fastconv.augment import Augmentation
 from fastconv.config import TrainConfig
 from fastconv.data import IMAGE_SIZE, NUM_CLASSES, BookSplit
@@ -47,6 +48,15 @@ class Standardization:
         # A division, not a multiplication by 1 / std: bit for bit the book's x / 255.
         return images / self.std if self.std != 1.0 else images
 
+    def into(self, out: np.ndarray, images: np.ndarray) -> None:
+        """Writes the standardized `images` to the float32 array `out`, in NumPy: the same
+        float32 operations as `__call__`, so the same numbers to the last bit."""
+        np.copyto(out, images, casting="unsafe")
+        if self.mean:
+            np.subtract(out, np.float32(self.mean), out=out)
+        if self.std != 1.0:
+            np.divide(out, np.float32(self.std), out=out)
+
 
 IDENTITY = Standardization(mean=0.0, std=1.0)
 
@@ -78,7 +88,7 @@ def batch_maker(
     augmented, before standardizing, as the batch of step `step` (and a replica's share,
     `part` of `parts`, as `Augmentation` says); without, `step` and `part` go unused.
     """
-    images = tf.constant(np.reshape(images, (-1, IMAGE_SIZE, IMAGE_SIZE, 1)))
+    images = zero_copy.to_tensor(np.reshape(images, (-1, IMAGE_SIZE, IMAGE_SIZE, 1)))
     labels = tf.constant(labels, tf.int32)
 
     def make_batch(indices, step=None, part=0, parts=1):
@@ -200,18 +210,23 @@ class EvaluationSet(NamedTuple):
 def evaluation_set(
     images: np.ndarray, labels: np.ndarray, batch_size: int, standardize: Standardization
 ) -> EvaluationSet:
-    """Every image once, in order, in batches of `batch_size` (see `EvaluationSet`)."""
+    """Every image once, in order, in batches of `batch_size` (see `EvaluationSet`).
+
+    Standardized and padded in NumPy, in memory handed to TensorFlow as it is: one array
+    of each, where TensorFlow's ops made three (cast, standardized, padded).
+    """
     count = len(images)
     batches = -(-count // batch_size)
-    padding = batches * batch_size - count
-    images = np.reshape(images, (count, IMAGE_SIZE, IMAGE_SIZE, 1))
-    images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
-    targets = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
-    targets = np.concatenate([targets, np.zeros((padding, NUM_CLASSES), np.float32)])
-    return EvaluationSet(
-        tf.reshape(standardize(tf.constant(images)), [batches, batch_size, *images.shape[1:]]),
-        tf.constant(targets.reshape(batches, batch_size, NUM_CLASSES)),
-    )
+    shape = (batches, batch_size)
+    standardized = zero_copy.empty((*shape, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
+    flat = standardized.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    standardize.into(flat[:count], np.reshape(images, (count, IMAGE_SIZE, IMAGE_SIZE, 1)))
+    flat[count:] = 0  # blank images
+    targets = zero_copy.empty((*shape, NUM_CLASSES), np.float32)
+    flat_targets = targets.reshape(-1, NUM_CLASSES)
+    flat_targets[:] = 0  # the padding's rows stay all zero: no target
+    flat_targets[np.arange(count), labels] = 1
+    return EvaluationSet(zero_copy.to_tensor(standardized), zero_copy.to_tensor(targets))
 
 
 EVALUATION_SET_SPEC = EvaluationSet(  # any number of batches of any size: one trace

@@ -8,7 +8,7 @@ from helpers import idx_bytes, synthetic_images, write_dataset, write_idx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastconv import cli, data
+from fastconv import cli, data, zero_copy
 from fastconv.config import TrainConfig
 
 
@@ -177,6 +177,13 @@ def test_book_split_is_stratified_80_20(fashion_mnist):
     np.testing.assert_array_equal(np.bincount(labels[split.validation]), [1200] * 10)
     everything = np.concatenate([split.train, split.validation])
     np.testing.assert_array_equal(np.sort(everything), np.arange(60000))
+
+
+def test_book_split_training_images_go_to_tensorflow_without_a_copy(fashion_mnist):
+    split = data.book_split(fashion_mnist, TrainConfig())
+    assert zero_copy.aligned(split.train_images)
+    indices = data.stratified_split(fashion_mnist.train_labels).train
+    np.testing.assert_array_equal(split.train_images, fashion_mnist.train_images[indices])
 
 
 def test_split_depends_on_the_seed_alone(fashion_mnist):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import indexed_images, indices_of, synthetic_dataset
+from helpers import indexed_images, indices_of, synthetic_dataset, synthetic_images
 
 from fastconv import data, pipeline
 from fastconv.config import ConfigError, TrainConfig
@@ -71,6 +71,28 @@ def test_zscore_standardizes_the_training_images():
     standardized = standardize(tf.constant(images)).numpy().astype(np.float64)
     assert abs(standardized.mean()) < 1e-4
     assert abs(standardized.std() - 1) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["scale", "zscore"])
+def test_numpy_standardization_is_tensorflows_to_the_last_bit(kind):
+    # Every pixel value, and the statistics of real-looking images for zscore.
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    images = np.random.default_rng(2).integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    standardize = pipeline.Standardization.named(kind, images)
+    expected = standardize(tf.constant(pixels)).numpy()
+    out = np.empty(pixels.shape, np.float32)
+    standardize.into(out, pixels)
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+def test_evaluation_set_holds_tensorflows_standardized_images():
+    images, labels = synthetic_images(250)
+    standardize = pipeline.Standardization(mean=72.9, std=90.0)
+    evaluation = pipeline.evaluation_set(images, labels, 100, standardize)
+    flat = tf.reshape(evaluation.images, [-1, 28, 28, 1]).numpy()
+    expected = standardize(tf.constant(images[..., None])).numpy()
+    np.testing.assert_array_equal(flat[:250].view(np.uint32), expected.view(np.uint32))
+    assert not flat[250:].any()
 
 
 def test_evaluation_set_covers_every_image_once_in_order_and_pads_with_nothing():
