@@ -11,7 +11,7 @@ import time
 import typing
 from pathlib import Path
 
-from fastconv import data, faults, rundir
+from fastconv import data, faults, prepared, rundir
 from fastconv.config import ConfigError, TrainConfig, flag_of, resumed
 from fastconv.importing import TensorFlowImport, still_importing
 from fastconv.interruption import Interrupted, stop_at_once
@@ -152,11 +152,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool
     """The run the flags ask for: its RunResult, or the exit code of a run refused."""
     try:
         config = configure(args, resume)
-        # The data are read and split while TensorFlow imports: a bad file fails in a blink.
+        # The data are read, split and prepared while TensorFlow imports: a bad file fails in
+        # a blink, and the evaluation sets are ready when TensorFlow is.
         importing = TensorFlowImport()
         faults.reached("import")
-        arrays = data.book_split(read_data(config, importing), config)
-        require_profile_fits(config, len(arrays.train_images) // config.batch_size)
+        split = data.book_split(read_data(config, importing), config)
+        require_profile_fits(config, len(split.train_images) // config.batch_size)
+        arrays = prepared.prepare(split, config)
     except ConfigError as error:
         if error.field and not resume:  # a flag's value that the run cannot take
             parser.error(f"argument {flag_name(error.field)}: {error.value!r} {error.requirement}")

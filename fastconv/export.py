@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from fastconv.data import CLASS_NAMES, IMAGE_SIZE
 from fastconv.model import IMAGE_SHAPE, stock_conv_form
-from fastconv.pipeline import Standardization
+from fastconv.prepared import Standardization
 from fastconv.rundir import RunFolderError, reason
 from fastconv.trainer import Trainer
 

@@ -22,6 +22,7 @@ from fastconv.config import ConfigError, TrainConfig
 from fastconv.interruption import StopRequests
 from fastconv.loop import LoopState, RunLoop
 from fastconv.pipeline import RESIDENT_BYTES, Datasets, make_datasets
+from fastconv.prepared import PreparedSplit, prepare
 from fastconv.report import RunResult, write_results
 from fastconv.resume import recorded_settings, starting_point
 from fastconv.runtime import Placement
@@ -31,18 +32,20 @@ from fastconv.trainer import Trainer, make_trainer
 
 def train_and_evaluate(
     config: TrainConfig,
-    dataset: data.FashionMNIST | data.BookSplit | None = None,
+    dataset: data.FashionMNIST | data.BookSplit | PreparedSplit | None = None,
     log: Callable[[str], None] = print,
     resume: bool = False,
     live_progress: bool = False,
 ) -> RunResult:
     """Trains the book's network as `config` says and scores it on validation and test sets.
 
-    `dataset` is the data set (read from `config.data_dir` when None) or its split. With
-    `config.logdir`, the run keeps its configuration, checkpoints (every epoch, on SIGUSR1,
-    and when stopped by SIGINT or SIGTERM), TensorBoard logs, figures and metrics there;
-    `resume` continues the run from the folder's newest intact checkpoint, exactly where it
-    stopped. `log` receives the run's lines; `live_progress` adds a live bar per epoch.
+    `dataset` is the data set (read from `config.data_dir` when None), its split, or the
+    split prepared (`fastconv.prepared.prepare`, which the training command runs while
+    TensorFlow imports). With `config.logdir`, the run keeps its configuration, checkpoints
+    (every epoch, on SIGUSR1, and when stopped by SIGINT or SIGTERM), TensorBoard logs,
+    figures and metrics there; `resume` continues the run from the folder's newest intact
+    checkpoint, exactly where it stopped. `log` receives the run's lines; `live_progress`
+    adds a live bar per epoch.
 
     The run holds its folder locked for its whole life. What it cannot do (a folder in use
     or unwritable, nothing intact to resume, fewer epochs than done, an export folder it
@@ -57,7 +60,10 @@ def train_and_evaluate(
         faults.reached("start-up")
         if dataset is None:
             dataset = data.load(config.data_dir)
-        split = dataset if isinstance(dataset, data.BookSplit) else data.book_split(dataset, config)
+        if isinstance(dataset, data.FashionMNIST):
+            dataset = data.book_split(dataset, config)
+        ready = dataset if isinstance(dataset, PreparedSplit) else prepare(dataset, config)
+        split = ready.split
         steps_per_epoch = len(split.train_images) // config.batch_size
         start = starting_point(config, folder, steps_per_epoch, resume)
         if config.export_dir:
@@ -75,7 +81,7 @@ def train_and_evaluate(
             )
         with placement.device_scope():
             try:
-                return _run(config, placement, split, folder, start, requests, log, live_progress)
+                return _run(config, placement, ready, folder, start, requests, log, live_progress)
             except (OSError, tf.errors.OpError) as error:
                 raise _one_line(error, folder, requests) from None
 
@@ -91,12 +97,13 @@ def per_worker(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, logdir=logdir, export_dir=None)
 
 
-def _run(config, placement, split, folder, start, requests, log, live_progress):
+def _run(config, placement, ready, folder, start, requests, log, live_progress):
+    split = ready.split
     # The training images stay on the device when they fit, and only indices cross to it: on
     # a GPU that spares the host-to-device copies; on a CPU it keeps tf.data's threads off the
     # cores the steps use.
     resident = not placement.strategy and split.train_images.nbytes <= RESIDENT_BYTES
-    datasets = make_datasets(split, config, placement.strategy, resident)
+    datasets = make_datasets(ready, config, placement.strategy, resident)
     log(
         f"data: {split.source} | train {datasets.train_size}, validation "
         f"{len(split.validation_images)}, test {len(split.test_images)} "

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,3 +142,31 @@ def test_ctrl_c_while_tensorflow_imports_ends_at_once(stand_in, tmp_path):
     assert result.returncode == 130
     assert result.stderr == "error: interrupted by SIGINT during start-up; nothing was saved\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_evaluation_sets_are_prepared_while_tensorflow_imports(stand_in, tmp_path):
+    """The command's preparation of the split, reached with the stand-in still waiting: it
+    reports what it made, then stops the command (a data error: exit code 2)."""
+    data_dir = write_dataset(tmp_path / "data", train=600, test=100)
+    result = stand_in(
+        f"import sys; sys.argv = ['train.py', '--data-dir', {str(data_dir)!r}, "
+        f"'--eval-batch-size', '64', '--logdir', {str(tmp_path / 'run')!r}]\n"
+        "from fastconv import data, importing, prepared\n"
+        "prepare = prepared.prepare\n"
+        "def prepare_and_stop(split, config):\n"
+        "    ready = prepare(split, config)\n"
+        "    print('still importing:', importing.still_importing())\n"
+        "    print('validation:', ready.validation.images.shape, ready.validation.targets.shape)\n"
+        "    print('test:', ready.test.images.shape)\n"
+        "    raise data.DataError('stopped after preparing')\n"
+        "prepared.prepare = prepare_and_stop\n"
+        "from fastconv.cli import main_entry; main_entry()\n"
+    )
+    assert result.returncode == 2
+    assert result.stderr == "error: stopped after preparing\n"
+    # 600 training images split 480 / 120: the 120 in 2 batches of 64, the 100 tests in 2.
+    assert result.stdout.splitlines() == [
+        "still importing: True",
+        "validation: (2, 64, 28, 28, 1) (2, 64, 10)",
+        "test: (2, 64, 28, 28, 1)",
+    ]

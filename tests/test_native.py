@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from helpers import run_script, write_dataset
 
-from fastconv import export, native, pipeline
+from fastconv import export, native, pipeline, prepared
 from fastconv.model import ConvNet, conv_relu_pool_nn
 from fastconv.trainer import Trainer
 
@@ -196,10 +196,10 @@ def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_
         fashion_mnist.train_labels[:2048],
         64,
         0,
-        pipeline.Standardization(),
+        prepared.Standardization(),
     )
     trainer.train(iter(batches), tf.constant(32))
-    model = export.export(trainer, pipeline.Standardization(), tmp_path / "model")
+    model = export.export(trainer, prepared.Standardization(), tmp_path / "model")
     images = fashion_mnist.test_images[:50]
     np.save(tmp_path / "images.npy", images)
     script = (
@@ -211,6 +211,6 @@ def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_
     )
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert loaded.returncode == 0, loaded.stderr
-    standardized = pipeline.Standardization()(tf.constant(images[..., None], tf.float32))
+    standardized = prepared.Standardization()(tf.constant(images[..., None], tf.float32))
     expected = tf.nn.softmax(trainer.forpass(standardized)).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "loaded.npy"), expected, atol=1e-5)

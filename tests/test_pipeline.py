@@ -5,14 +5,14 @@ import pytest
 import tensorflow as tf
 from helpers import indexed_images, indices_of, synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline
+from fastconv import data, pipeline, prepared
 from fastconv.config import ConfigError, TrainConfig
 
 
 def stream_of_indices(count=1000, batch_size=64, seed=3, start_step=0):
     labels = (np.arange(count) % 10).astype(np.uint8)
     return pipeline.training_batches(
-        indexed_images(count), labels, batch_size, seed, pipeline.Standardization(), start_step
+        indexed_images(count), labels, batch_size, seed, prepared.Standardization(), start_step
     )
 
 
@@ -26,7 +26,7 @@ def epochs_of_indices(count=1000, batch_size=64, seed=3, epochs=2, first_epoch=0
 def test_training_batches_have_static_shapes_and_book_values():
     images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
     labels = (np.arange(300) % 10).astype(np.uint8)
-    dataset = pipeline.training_batches(images, labels, 32, 0, pipeline.Standardization())
+    dataset = pipeline.training_batches(images, labels, 32, 0, prepared.Standardization())
     assert dataset.element_spec[0].shape == (32, 28, 28, 1)
     assert dataset.element_spec[1].shape == (32, 10)
     batch_images, targets = next(iter(dataset))
@@ -67,7 +67,7 @@ def test_a_stream_started_mid_epoch_continues_the_same_sequence():
 
 def test_zscore_standardizes_the_training_images():
     images = np.random.default_rng(1).integers(0, 200, (500, 28, 28), dtype=np.uint8)
-    standardize = pipeline.Standardization.named("zscore", images)
+    standardize = prepared.Standardization.named("zscore", images)
     standardized = standardize(tf.constant(images)).numpy().astype(np.float64)
     assert abs(standardized.mean()) < 1e-4
     assert abs(standardized.std() - 1) < 1e-4
@@ -78,7 +78,7 @@ def test_numpy_standardization_is_tensorflows_to_the_last_bit(kind):
     # Every pixel value, and the statistics of real-looking images for zscore.
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
     images = np.random.default_rng(2).integers(0, 256, (300, 28, 28), dtype=np.uint8)
-    standardize = pipeline.Standardization.named(kind, images)
+    standardize = prepared.Standardization.named(kind, images)
     expected = standardize(tf.constant(pixels)).numpy()
     out = np.empty(pixels.shape, np.float32)
     standardize.into(out, pixels)
@@ -87,7 +87,7 @@ def test_numpy_standardization_is_tensorflows_to_the_last_bit(kind):
 
 def test_evaluation_set_holds_tensorflows_standardized_images():
     images, labels = synthetic_images(250)
-    standardize = pipeline.Standardization(mean=72.9, std=90.0)
+    standardize = prepared.Standardization(mean=72.9, std=90.0)
     evaluation = pipeline.evaluation_set(images, labels, 100, standardize)
     flat = tf.reshape(evaluation.images, [-1, 28, 28, 1]).numpy()
     expected = standardize(tf.constant(images[..., None])).numpy()
@@ -98,7 +98,7 @@ def test_evaluation_set_holds_tensorflows_standardized_images():
 def test_evaluation_set_covers_every_image_once_in_order_and_pads_with_nothing():
     images = indexed_images(2500)
     labels = (np.arange(2500) % 10).astype(np.uint8)
-    evaluation = pipeline.evaluation_set(images, labels, 1000, pipeline.Standardization())
+    evaluation = pipeline.evaluation_set(images, labels, 1000, prepared.Standardization())
     assert evaluation.images.shape == (3, 1000, 28, 28, 1)
     assert evaluation.targets.shape == (3, 1000, 10)
     flat_images = tf.reshape(evaluation.images, [-1, 28, 28, 1])

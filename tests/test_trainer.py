@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from helpers import synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, run, runtime, xla_probe
+from fastconv import data, pipeline, prepared, run, runtime, xla_probe
 from fastconv.config import TrainConfig
 from fastconv.loop import TrainingDiverged
 from fastconv.model import ConvNet, cross_entropy, fastest_conv_form
@@ -96,7 +96,7 @@ def test_train_step_is_plain_sgd_on_the_book_loss():
 def test_nothing_retraces_after_the_first_epoch(xla):
     images, labels = synthetic_images(640)
     trainer = Trainer(ConvNet(seed=0), 0.01, xla=xla)
-    standardize = pipeline.Standardization()
+    standardize = prepared.Standardization()
     iterator = iter(pipeline.training_batches(images, labels, 32, 0, standardize))
 
     def evaluation(count):
@@ -197,7 +197,7 @@ def test_diverging_loss_stops_the_run_at_the_step_that_diverged():
 def test_a_block_stops_at_its_first_non_finite_step():
     trainer = Trainer(ConvNet(seed=0), 1e10)
     images, labels = synthetic_images(640)
-    iterator = iter(pipeline.training_batches(images, labels, 32, 0, pipeline.IDENTITY))
+    iterator = iter(pipeline.training_batches(images, labels, 32, 0, prepared.IDENTITY))
     block = trainer.train(iterator, tf.constant(20))
     assert not bool(block.finite)
     assert 1 <= int(block.steps) < 20
@@ -206,7 +206,7 @@ def test_a_block_stops_at_its_first_non_finite_step():
 
 def test_loss_falls_on_real_data(fashion_mnist):
     split = data.stratified_split(fashion_mnist.train_labels)
-    standardize = pipeline.Standardization()
+    standardize = prepared.Standardization()
     iterator = iter(
         pipeline.training_batches(
             fashion_mnist.train_images[split.train],
