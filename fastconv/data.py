@@ -253,9 +253,11 @@ def book_split(dataset: FashionMNIST, config: TrainConfig) -> BookSplit:
     ConfigError (the one place that is checked)."""
     split = stratified_split(dataset.train_labels, config.validation_fraction, config.seed)
     config.require_batch_fits(len(split.train))
-    # The training images in memory TensorFlow can take as it is (`fastconv.zero_copy`).
+    # The training images in memory TensorFlow can take as it is (`fastconv.zero_copy`). The
+    # split's indices are in range by construction; take's default mode ("raise") would copy
+    # them through a buffer of its own: 0.2 s of fresh memory while TensorFlow imports.
     train_images = zero_copy.empty((len(split.train), *dataset.train_images.shape[1:]), np.uint8)
-    np.take(dataset.train_images, split.train, axis=0, out=train_images)
+    np.take(dataset.train_images, split.train, axis=0, out=train_images, mode="clip")
     return BookSplit(
         train_images,
         dataset.train_labels[split.train],
