@@ -237,7 +237,11 @@ def stratified_split(labels: np.ndarray, validation_fraction: float = 0.2, seed:
 @dataclasses.dataclass(frozen=True)
 class BookSplit:
     """The arrays a run trains, validates and tests on: the book's split of the training
-    images, and the test set."""
+    images, and the test set.
+
+    `train_images` are made to be handed to TensorFlow without a copy: a run's training
+    tensor shares their memory, so they must not change after (`fastconv.zero_copy`).
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -254,10 +258,13 @@ def book_split(dataset: FashionMNIST, config: TrainConfig) -> BookSplit:
     split = stratified_split(dataset.train_labels, config.validation_fraction, config.seed)
     config.require_batch_fits(len(split.train))
     # The training images in memory TensorFlow can take as it is (`fastconv.zero_copy`). The
-    # split's indices are in range by construction; take's default mode ("raise") would copy
-    # them through a buffer of its own: 0.2 s of fresh memory while TensorFlow imports.
-    train_images = zero_copy.empty((len(split.train), *dataset.train_images.shape[1:]), np.uint8)
-    np.take(dataset.train_images, split.train, axis=0, out=train_images, mode="clip")
+    # split's indices are in range once the images match the labels; take's default mode
+    # ("raise") would copy them through a buffer of its own: 0.2 s of fresh memory.
+    images = dataset.train_images
+    if len(images) != len(dataset.train_labels):
+        raise DataError(f"{len(images)} training images but {len(dataset.train_labels)} labels")
+    train_images = zero_copy.empty((len(split.train), *images.shape[1:]), images.dtype)
+    np.take(images, split.train, axis=0, out=train_images, mode="clip")
     return BookSplit(
         train_images,
         dataset.train_labels[split.train],

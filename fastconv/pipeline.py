@@ -52,12 +52,14 @@ def batch_maker(
 ):
     """A function from a batch of indices to (images (B, 28, 28, 1) float32, one-hot targets).
 
-    The arrays become constants on the device of the enclosing `tf.device` scope: called in
+    The arrays become tensors on the device of the enclosing `tf.device` scope: called in
     a tf.data map they live with the pipeline on the host; called inside the training loop
     under a GPU's scope (`fastconv.trainer.Trainer.make_batch`), the data set is resident on
-    the GPU and only index rows cross to it. With an `augmentation`, the gathered images are
-    augmented, before standardizing, as the batch of step `step` (and a replica's share,
-    `part` of `parts`, as `Augmentation` says); without, `step` and `part` go unused.
+    the GPU and only index rows cross to it. On a CPU the images' tensor may share the
+    array's memory (`fastconv.zero_copy`): it must not change after. With an
+    `augmentation`, the gathered images are augmented, before standardizing, as the batch
+    of step `step` (and a replica's share, `part` of `parts`, as `Augmentation` says);
+    without, `step` and `part` go unused.
     """
     images = zero_copy.to_tensor(np.reshape(images, (-1, IMAGE_SIZE, IMAGE_SIZE, 1)))
     labels = tf.constant(labels, tf.int32)
@@ -240,11 +242,12 @@ def make_datasets(
     """The run's pipelines.
 
     Under a strategy, each worker's stream yields its replicas' shares of every global batch.
-    `resident` keeps the training images as constants on the device of the enclosing
-    `tf.device` scope, and the stream yields only the batches' indices. A `BookSplit` is
-    prepared here (`fastconv.prepared.prepare`); the training command prepares it before.
+    `resident` keeps the training images as one tensor on the device of the enclosing
+    `tf.device` scope, and the stream yields only the batches' indices. The split is
+    prepared here (`fastconv.prepared.prepare`) unless it was for `config` already, as
+    the training command's is.
     """
-    ready = split if isinstance(split, PreparedSplit) else prepare(split, config)
+    ready = prepare(split, config)
     images, labels = ready.split.train_images, ready.split.train_labels
     standardize = ready.standardize
     augmentation = Augmentation(config.seed, config.shift) if config.augment else None

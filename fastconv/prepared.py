@@ -3,8 +3,8 @@ evaluation sets standardized and padded into batches.
 
 Importing this module does not import TensorFlow: the training command prepares its arrays
 while TensorFlow imports in a thread of its own (`fastconv.importing`), where writing 70 MB
-of fresh memory costs the run nothing. `fastconv.pipeline` then hands them to TensorFlow
-without a copy (`fastconv.zero_copy`).
+of fresh memory costs the run nothing. `fastconv.pipeline` then hands them to TensorFlow,
+on a CPU without a copy (`fastconv.zero_copy`).
 """
 
 from __future__ import annotations
@@ -91,16 +91,24 @@ def evaluation_arrays(
 
 @dataclasses.dataclass(frozen=True)
 class PreparedSplit:
-    """The book's split with its standardization and its evaluation sets made (`prepare`)."""
+    """The book's split with its standardization and its evaluation sets made (`prepare`)
+    for the settings they depend on (`config.standardize`, `config.eval_batch_size`)."""
 
     split: BookSplit
     standardize: Standardization
     validation: EvaluationArrays
     test: EvaluationArrays
+    settings: tuple[str, int]
 
 
-def prepare(split: BookSplit, config: TrainConfig) -> PreparedSplit:
-    """The split's validation and test sets as `config` evaluates them."""
+def prepare(split: BookSplit | PreparedSplit, config: TrainConfig) -> PreparedSplit:
+    """The split's validation and test sets as `config` evaluates them; a split prepared
+    for the same settings as it is."""
+    settings = (config.standardize, config.eval_batch_size)
+    if isinstance(split, PreparedSplit):
+        if split.settings == settings:
+            return split
+        split = split.split
     standardize = Standardization.named(config.standardize, split.train_images)
 
     def evaluation(images, labels):
@@ -111,4 +119,5 @@ def prepare(split: BookSplit, config: TrainConfig) -> PreparedSplit:
         standardize,
         evaluation(split.validation_images, split.validation_labels),
         evaluation(split.test_images, split.test_labels),
+        settings,
     )

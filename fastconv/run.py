@@ -62,7 +62,7 @@ def train_and_evaluate(
             dataset = data.load(config.data_dir)
         if isinstance(dataset, data.FashionMNIST):
             dataset = data.book_split(dataset, config)
-        ready = dataset if isinstance(dataset, PreparedSplit) else prepare(dataset, config)
+        ready = prepare(dataset, config)
         split = ready.split
         steps_per_epoch = len(split.train_images) // config.batch_size
         start = starting_point(config, folder, steps_per_epoch, resume)

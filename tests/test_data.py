@@ -181,9 +181,16 @@ def test_book_split_is_stratified_80_20(fashion_mnist):
 
 def test_book_split_training_images_go_to_tensorflow_without_a_copy(fashion_mnist):
     split = data.book_split(fashion_mnist, TrainConfig())
-    assert zero_copy.aligned(split.train_images)
+    assert zero_copy.shareable(split.train_images)
     indices = data.stratified_split(fashion_mnist.train_labels).train
     np.testing.assert_array_equal(split.train_images, fashion_mnist.train_images[indices])
+
+
+def test_book_split_refuses_images_and_labels_of_different_lengths():
+    images, labels = synthetic_images(100)
+    dataset = data.FashionMNIST(images[:99], labels, images, labels, source="synthetic")
+    with pytest.raises(data.DataError, match="99 training images but 100 labels"):
+        data.book_split(dataset, TrainConfig(batch_size=10))
 
 
 def test_split_depends_on_the_seed_alone(fashion_mnist):

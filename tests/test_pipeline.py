@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from helpers import indexed_images, indices_of, synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, prepared
+from fastconv import data, pipeline, prepared, zero_copy
 from fastconv.config import ConfigError, TrainConfig
 
 
@@ -85,7 +85,16 @@ def test_numpy_standardization_is_tensorflows_to_the_last_bit(kind):
     np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
-def test_evaluation_set_holds_tensorflows_standardized_images():
+def test_evaluation_set_holds_tensorflows_standardized_images(monkeypatch):
+    # Fresh memory filled with NaN: the padding is blank because it is written so.
+    empty = zero_copy.empty
+
+    def nan_filled(shape, dtype):
+        array = empty(shape, dtype)
+        array.fill(np.nan)
+        return array
+
+    monkeypatch.setattr(zero_copy, "empty", nan_filled)
     images, labels = synthetic_images(250)
     standardize = prepared.Standardization(mean=72.9, std=90.0)
     evaluation = pipeline.evaluation_set(images, labels, 100, standardize)
@@ -93,6 +102,35 @@ def test_evaluation_set_holds_tensorflows_standardized_images():
     expected = standardize(tf.constant(images[..., None])).numpy()
     np.testing.assert_array_equal(flat[:250].view(np.uint32), expected.view(np.uint32))
     assert not flat[250:].any()
+    targets = tf.reshape(evaluation.targets, [-1, 10]).numpy()
+    np.testing.assert_array_equal(targets[:250].argmax(1), labels)
+    assert not targets[250:].any() and targets[:250].sum() == 250
+
+
+def test_a_split_prepared_for_the_run_reaches_tensorflow_as_it_is():
+    config = TrainConfig(eval_batch_size=64)
+    ready = prepared.prepare(data.book_split(synthetic_dataset(), config), config)
+    assert prepared.prepare(ready, config) is ready  # already prepared for these settings
+    datasets = pipeline.make_datasets(ready, config, resident=True)
+    ready.validation.images[0, 0, 5, 5, 0] = 123.0  # seen through the tensor: no copy
+    ready.validation.targets[1, 2, 3] = 7.0
+    assert float(datasets.validation.images[0, 0, 5, 5, 0]) == 123.0
+    assert float(datasets.validation.targets[1, 2, 3]) == 7.0
+    ready.split.train_images[4, 5, 6] = 201  # the resident training images, too
+    batch, _ = datasets.make_batch(tf.constant([4]))
+    assert float(batch[0, 5, 6, 0]) == np.float32(201) / np.float32(255)
+
+
+def test_a_split_prepared_for_other_settings_is_prepared_again():
+    config = TrainConfig(eval_batch_size=64)
+    ready = prepared.prepare(data.book_split(synthetic_dataset(), config), config)
+    other = TrainConfig(eval_batch_size=50, standardize="zscore")
+    again = prepared.prepare(ready, other)
+    assert again.split is ready.split and again.settings == ("zscore", 50)
+    assert again.validation.images.shape[1] == 50 and again.standardize.mean > 0
+    datasets = pipeline.make_datasets(ready, other)
+    assert datasets.validation.images.shape[1] == 50
+    assert datasets.standardize == again.standardize
 
 
 def test_evaluation_set_covers_every_image_once_in_order_and_pads_with_nothing():

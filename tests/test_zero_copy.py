@@ -14,7 +14,7 @@ def test_empty_arrays_start_on_the_alignment_tensorflow_needs():
         array = zero_copy.empty(shape, dtype)
         assert array.shape == shape and array.dtype == dtype and array.flags.c_contiguous
         assert array.ctypes.data % zero_copy.ALIGNMENT == 0
-        assert zero_copy.aligned(array)
+        assert zero_copy.shareable(array)
 
 
 def test_an_aligned_array_becomes_a_tensor_in_its_own_memory():
@@ -36,24 +36,30 @@ def test_the_tensor_keeps_the_memory_alive_after_the_array_is_gone():
     np.testing.assert_array_equal(tensor.numpy(), np.full((1000, 100), 0.5, np.float32))
 
 
-@pytest.mark.parametrize("kind", ["unaligned", "strided", "read-only", "empty"])
+@pytest.mark.parametrize("kind", ["unaligned", "strided", "read-only", "other byte order", "empty"])
 def test_arrays_tensorflow_cannot_take_as_they_are_are_copied(kind):
     source = zero_copy.empty((65, 10), np.float32)
     source[...] = np.arange(650, dtype=np.float32).reshape(65, 10)
     array = {
         "unaligned": source.reshape(-1)[1:],  # 4 bytes past the boundary
         "strided": source[:, ::2],
-        "read-only": source.copy(),
+        "read-only": source.view(),  # aligned: refused for being read-only alone
+        "other byte order": zero_copy.empty((65, 10), ">f4"),  # aligned, big-endian
         "empty": source[:0],
     }[kind]
     if kind == "read-only":
         array.flags.writeable = False
-    assert not zero_copy.aligned(array)
+    if kind == "other byte order":
+        array[...] = source
+    assert not zero_copy.shareable(array)
     tensor = zero_copy.to_tensor(array)
     np.testing.assert_array_equal(tensor.numpy(), array)
     if array.size and array.flags.writeable:
         array.reshape(-1)[0] = -1  # the tensor holds a copy
         assert tensor.numpy().reshape(-1)[0] != -1
+    if kind == "read-only":
+        source[0, 0] = -1  # the memory the refused view shows: the tensor holds a copy
+        assert tensor.numpy()[0, 0] == 0
 
 
 def test_under_a_device_scope_the_tensor_is_on_that_device():
