@@ -60,7 +60,7 @@ def pieces():
     return {
         "conv + ReLU + pool, tf.nn.conv2d / max_pool2d": conv_piece(CONV_FORMS["nn"]),
         "conv + ReLU + pool, batch as depthwise channels": conv_piece(CONV_FORMS["batch_channels"]),
-        "conv + ReLU + pool, patches matmul + reduce_max": conv_piece(CONV_FORMS["patches"]),
+        "conv + ReLU + pool, window patches matmul + max of 4": conv_piece(CONV_FORMS["patches"]),
         "dense 1960 -> 100 -> 10 + softmax cross-entropy": dense_and_loss,
         "SGD update of the 197,210 weights": sgd_update,
     }

@@ -155,29 +155,65 @@ def conv_relu_pool_patches(images, conv_w, conv_b):
     """The same function as `conv_relu_pool_nn`, written for XLA's CPU compiler.
 
     XLA's CPU convolution and max-pool gradient are several times slower than oneDNN's for
-    this layer, and it vectorizes a minor dimension of 10 channels poorly. So the conv is a
-    matmul of the kernels (K, 9) with the nine shifted copies of the image (9, B*28*28),
-    channels first so the long dimension is minor, and the pool is a reshape + reduce_max,
-    before bias and ReLU as above. Values and gradients agree with the tf.nn ops to float32
-    rounding (ties in the pool split the gradient among equal maxima, which for equal
-    patches gives the same result).
+    this layer, and it vectorizes a minor dimension of 10 channels poorly. So the layer is a
+    matmul whose output is laid out for the pool: each 2x2 pooling window reads a 4x4
+    neighbourhood of the padded image, and the conv at the window's four pixels is four
+    kernels applied to that neighbourhood. The matmul of those kernels (4*K, 16) with the
+    neighbourhoods (16, B*14*14) puts the four pixels of every window on its major axis, so
+    the pool and its gradient are element-wise over four contiguous blocks (over 2x2 windows
+    of a full-resolution conv they strided through memory, and the pool's gradient was most
+    of XLA's time). Bias and ReLU follow the pool, as above. Values and gradients agree with
+    the tf.nn ops to float32 rounding (ties in the pool split the gradient among equal
+    maxima, which for equal patches gives the same result).
     """
     n_kernels = conv_w.shape[-1]
     batch = tf.shape(images)[0]
-    padded = tf.pad(images[..., 0], [[0, 0], [1, 1], [1, 1]])  # SAME for a 3x3 kernel
-    shifted = [
-        padded[:, dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE]
-        for dy in range(KERNEL_SIZE)
-        for dx in range(KERNEL_SIZE)
-    ]
-    patches = tf.reshape(tf.stack(shifted), [KERNEL_SIZE * KERNEL_SIZE, -1])
-    kernels = tf.reshape(conv_w, [KERNEL_SIZE * KERNEL_SIZE, n_kernels])
-    conv = tf.matmul(kernels, patches, transpose_a=True)  # (K, B*28*28)
-    windows = tf.reshape(conv, [n_kernels, batch, POOLED_SIZE, 2, POOLED_SIZE, 2])
-    pooled = tf.reduce_max(windows, axis=[3, 5])  # (K, B, 14, 14)
-    activated = tf.nn.relu(pooled + conv_b[:, None, None, None])
+    conv = tf.matmul(_window_kernels(conv_w), _neighbourhoods(images))  # (4*K, B*14*14)
+    pooled = tf.reduce_max(tf.reshape(conv, [WINDOW * WINDOW, n_kernels, -1]), axis=0)
+    activated = tf.nn.relu(pooled + tf.expand_dims(conv_b, 1))  # (K, B*14*14)
     # Back to the book's (B, 14, 14, K) order before flattening, so w1 keeps its meaning.
-    return tf.reshape(tf.transpose(activated, [1, 2, 3, 0]), [batch, -1])
+    by_image = tf.reshape(activated, [n_kernels, batch, POOLED_SIZE * POOLED_SIZE])
+    return tf.reshape(tf.transpose(by_image, [1, 2, 0]), [batch, -1])
+
+
+WINDOW = 2  # the pool's window and stride
+NEIGHBOURHOOD = WINDOW + KERNEL_SIZE - 1  # 4: the padded rows (and columns) a window's conv reads
+
+
+def _neighbourhoods(images):
+    """(16, B*14*14): row 4*r + c holds pixel (2i + r, 2j + c) of the padded image, for every
+    image and pooling window (i, j); r and c run over the window's 4x4 neighbourhood.
+
+    The image is split into its four phases (pixel (2p + u, 2q + v) of phase (u, v) at
+    (p, q)), so each row is a contiguous 14x14 slice of one phase: 2i + r is 2(i + r // 2)
+    + r % 2.
+    """
+    batch = tf.shape(images)[0]
+    padded = tf.pad(images[..., 0], [[0, 0], [1, 1], [1, 1]])  # SAME for a 3x3 kernel: 30x30
+    half = POOLED_SIZE + 1
+    phases = tf.transpose(tf.reshape(padded, [batch, half, 2, half, 2]), [2, 4, 0, 1, 3])
+    rows = [
+        phases[r % 2, c % 2, :, r // 2 : r // 2 + POOLED_SIZE, c // 2 : c // 2 + POOLED_SIZE]
+        for r in range(NEIGHBOURHOOD)
+        for c in range(NEIGHBOURHOOD)
+    ]
+    return tf.reshape(tf.stack(rows), [NEIGHBOURHOOD * NEIGHBOURHOOD, -1])
+
+
+def _window_kernels(conv_w):
+    """(4*K, 16): row K*(2a + b) + k is kernel k placed at the window's pixel (a, b) of the
+    4x4 neighbourhood (rows a..a+2, columns b..b+2; zeros elsewhere), flattened like the
+    rows of `_neighbourhoods`."""
+    n_kernels = conv_w.shape[-1]
+    kernels = tf.reshape(conv_w, [KERNEL_SIZE, KERNEL_SIZE, n_kernels])
+    rest = NEIGHBOURHOOD - KERNEL_SIZE
+    placed = [  # each (4, 4, K)
+        tf.pad(kernels, [[a, rest - a], [b, rest - b], [0, 0]])
+        for a in range(WINDOW)
+        for b in range(WINDOW)
+    ]
+    by_pixel = tf.transpose(tf.stack(placed), [0, 3, 1, 2])  # (4, K, 4, 4)
+    return tf.reshape(by_pixel, [WINDOW * WINDOW * n_kernels, NEIGHBOURHOOD * NEIGHBOURHOOD])
 
 
 def conv_relu_pool_fused(images, conv_w, conv_b):

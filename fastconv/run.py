@@ -183,7 +183,8 @@ def _train(
         if xla_ratio < 0.95:
             log(
                 f"note: on this CPU the XLA steps ran at {xla_ratio:.2f}x the speed of graph "
-                "mode (measured just now, best of 3 x 50 steps); leave out --xla to train faster"
+                "mode on the same threads (measured just now, best of 3 x 50 steps; on its own "
+                "threads graph mode is faster still); leave out --xla to train faster"
             )
     requests.check("while compiling")
     if summaries and not start:

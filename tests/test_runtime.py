@@ -57,6 +57,17 @@ def test_shards_get_the_cores_between_them(cores):
     assert runtime.thread_counts(shards=2, on_gpu=True) is None
 
 
+def test_xla_shards_share_every_core_for_their_compiled_parts(cores):
+    # XLA's runtime hands a cluster's parallel parts to the intra-op pool the shards share.
+    cores(2)
+    assert runtime.thread_counts(shards=2, on_gpu=False, xla=True) == (2, 2)
+    cores(16)
+    assert runtime.thread_counts(shards=2, on_gpu=False, xla=True) == (16, 2)
+    assert runtime.thread_counts(shards=1, on_gpu=False, xla=True) is None
+    assert runtime.place(TrainConfig(xla=True, shards=2)).threads == (16, 2)
+    assert runtime.place(TrainConfig(shards=2)).threads == (8, 2)
+
+
 @pytest.fixture
 def machine(monkeypatch, cores):
     """A machine with the given cores and GPUs, as `place` sees it."""
