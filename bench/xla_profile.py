@@ -2,7 +2,7 @@
 graph mode (oneDNN) and under XLA, at batch 128 on TensorFlow's default threads.
 
     python bench/xla_profile.py
-    python bench/xla_profile.py --shard    # 64 images on one thread: what each core runs
+    python bench/xla_profile.py --shard    # 64 images on one thread: a shard's work
 
 Every piece returns its gradients and the timing loop sums them, so nothing can be pruned as
 unused. Best of 5 blocks of 100 steps, in ms per step.
@@ -60,7 +60,9 @@ def pieces():
     return {
         "conv + ReLU + pool, tf.nn.conv2d / max_pool2d": conv_piece(CONV_FORMS["nn"]),
         "conv + ReLU + pool, batch as depthwise channels": conv_piece(CONV_FORMS["batch_channels"]),
-        "conv + ReLU + pool, window patches matmul + max of 4": conv_piece(CONV_FORMS["patches"]),
+        "conv + ReLU + pool, window patches matmul + max of 4": conv_piece(
+            CONV_FORMS["window_patches"]
+        ),
         "dense 1960 -> 100 -> 10 + softmax cross-entropy": dense_and_loss,
         "SGD update of the 197,210 weights": sgd_update,
     }
@@ -87,7 +89,9 @@ def milliseconds_per_step(piece, jit_compile: bool, steps: int = 100, blocks: in
 
 def main():
     global BATCH
-    if "--shard" in sys.argv[1:]:  # one shard of a 2-shard step, as a run on 2 cores has it
+    # One shard of a 2-shard step, on one thread: its work alone, as graph mode runs it on 2
+    # cores (under --xla a run gives the shards' clusters both cores' pool between them).
+    if "--shard" in sys.argv[1:]:
         BATCH = 64
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)

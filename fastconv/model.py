@@ -12,7 +12,9 @@ from fastconv import native
 from fastconv.data import IMAGE_SIZE, NUM_CLASSES
 
 KERNEL_SIZE = 3
-POOLED_SIZE = IMAGE_SIZE // 2  # the 2x2 max pool halves 28 to 14
+WINDOW = 2  # the max pool's window and stride
+POOLED_SIZE = IMAGE_SIZE // WINDOW  # the 2x2 max pool halves 28 to 14
+NEIGHBOURHOOD = WINDOW + KERNEL_SIZE - 1  # 4: the padded rows (and columns) a window's conv reads
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 
 
@@ -64,7 +66,7 @@ class ConvNet(tf.Module):
         `conv_form` names one of `CONV_FORMS`, each the same function written for a
         different engine: "nn" is the book's `tf.nn` ops (cuDNN's on a GPU), "fused" (an op
         of fastconv's own) runs fastest in graph mode on a CPU and "batch_channels" next,
-        "patches" under XLA. `weights` computes with other values of the six variables, in
+        "window_patches" under XLA. `weights` computes with other values of the six variables, in
         the order of `weights` (moving averages).
         """
         weights = weights or self.weights
@@ -151,7 +153,7 @@ def conv_relu_pool_batch_channels(images, conv_w, conv_b):
     return tf.reshape(activated, [POOLED_SIZE * POOLED_SIZE * n_kernels, batch])
 
 
-def conv_relu_pool_patches(images, conv_w, conv_b):
+def conv_relu_pool_window_patches(images, conv_w, conv_b):
     """The same function as `conv_relu_pool_nn`, written for XLA's CPU compiler.
 
     XLA's CPU convolution and max-pool gradient are several times slower than oneDNN's for
@@ -161,10 +163,11 @@ def conv_relu_pool_patches(images, conv_w, conv_b):
     kernels applied to that neighbourhood. The matmul of those kernels (4*K, 16) with the
     neighbourhoods (16, B*14*14) puts the four pixels of every window on its major axis, so
     the pool and its gradient are element-wise over four contiguous blocks (over 2x2 windows
-    of a full-resolution conv they strided through memory, and the pool's gradient was most
-    of XLA's time). Bias and ReLU follow the pool, as above. Values and gradients agree with
-    the tf.nn ops to float32 rounding (ties in the pool split the gradient among equal
-    maxima, which for equal patches gives the same result).
+    of a full-resolution conv they strided through memory, and the pool's gradient was where
+    XLA lost most to oneDNN). Bias and ReLU follow the pool, as above. Values and the weight
+    and bias gradients agree with the tf.nn ops to float32 rounding: ties in the pool split
+    the gradient among equal maxima, where MaxPoolGrad gives it to the first, which for equal
+    patches gives the same weight gradients (not the same image gradient).
     """
     n_kernels = conv_w.shape[-1]
     batch = tf.shape(images)[0]
@@ -174,10 +177,6 @@ def conv_relu_pool_patches(images, conv_w, conv_b):
     # Back to the book's (B, 14, 14, K) order before flattening, so w1 keeps its meaning.
     by_image = tf.reshape(activated, [n_kernels, batch, POOLED_SIZE * POOLED_SIZE])
     return tf.reshape(tf.transpose(by_image, [1, 2, 0]), [batch, -1])
-
-
-WINDOW = 2  # the pool's window and stride
-NEIGHBOURHOOD = WINDOW + KERNEL_SIZE - 1  # 4: the padded rows (and columns) a window's conv reads
 
 
 def _neighbourhoods(images):
@@ -190,8 +189,9 @@ def _neighbourhoods(images):
     """
     batch = tf.shape(images)[0]
     padded = tf.pad(images[..., 0], [[0, 0], [1, 1], [1, 1]])  # SAME for a 3x3 kernel: 30x30
-    half = POOLED_SIZE + 1
-    phases = tf.transpose(tf.reshape(padded, [batch, half, 2, half, 2]), [2, 4, 0, 1, 3])
+    phase_size = POOLED_SIZE + 1  # 15: a 30x30 image's four phases are 15x15
+    by_phase = tf.reshape(padded, [batch, phase_size, WINDOW, phase_size, WINDOW])
+    phases = tf.transpose(by_phase, [2, 4, 0, 1, 3])
     rows = [
         phases[r % 2, c % 2, :, r // 2 : r // 2 + POOLED_SIZE, c // 2 : c // 2 + POOLED_SIZE]
         for r in range(NEIGHBOURHOOD)
@@ -246,7 +246,7 @@ class ConvForm(NamedTuple):
 CONV_FORMS = {
     "nn": ConvForm(conv_relu_pool_nn, images_in_columns=False),
     "batch_channels": ConvForm(conv_relu_pool_batch_channels, images_in_columns=True),
-    "patches": ConvForm(conv_relu_pool_patches, images_in_columns=False),
+    "window_patches": ConvForm(conv_relu_pool_window_patches, images_in_columns=False),
     "fused": ConvForm(
         conv_relu_pool_fused, images_in_columns=True, stock="fused_stock", in_float32=True
     ),
@@ -259,13 +259,13 @@ CONV_FORMS = {
 def fastest_conv_form(xla: bool, on_gpu: bool) -> str:
     """The entry of `CONV_FORMS` that the engine runs fastest.
 
-    XLA compiles the patches matmul well and its own convolution badly; a GPU runs the
+    XLA compiles the window patches matmul well and its own convolution badly; a GPU runs the
     book's `tf.nn` ops as cuDNN kernels; graph mode on a CPU is fastest with fastconv's fused
     op, and where that cannot be built (`fastconv.native.unavailable`), with the batch as the
     channels of a depthwise conv (bench/RESULTS.md has the measurements).
     """
     if xla:
-        return "patches"
+        return "window_patches"
     if on_gpu:
         return "nn"
     return "batch_channels" if native.unavailable() else "fused"

@@ -98,6 +98,8 @@ def recorded_settings(folder: Path, config: TrainConfig) -> tuple[dict | None, l
         for name, ok in _VALID.items()
         if name in record and ok(record[name], config)
     }
+    if "conv_form" not in valid:  # the threads were chosen for the form's engine
+        valid.pop("threads", None)
     if valid.get("threads"):
         valid["threads"] = tuple(valid["threads"])
     lost = [f"{name} {record.get(name)!r}" for name in _VALID if name not in valid]

@@ -181,10 +181,12 @@ def _train(
     if config.xla and not placement.on_gpu and not placement.strategy:
         xla_ratio = xla_probe.xla_speed_ratio(trainer, datasets.train(), config, placement)
         if xla_ratio < 0.95:
+            graph_threads = runtime.thread_counts(placement.shards, placement.on_gpu, xla=False)
+            on_xlas = " on --xla's threads" if placement.threads != graph_threads else ""
             log(
                 f"note: on this CPU the XLA steps ran at {xla_ratio:.2f}x the speed of graph "
-                "mode on the same threads (measured just now, best of 3 x 50 steps; on its own "
-                "threads graph mode is faster still); leave out --xla to train faster"
+                f"mode{on_xlas} (measured just now, best of 3 x 50 steps); leave out --xla "
+                "to train faster"
             )
     requests.check("while compiling")
     if summaries and not start:

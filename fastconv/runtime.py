@@ -62,14 +62,15 @@ def auto_shards(batch_size: int, on_gpu: bool) -> int:
     return 2
 
 
-def thread_counts(shards: int, on_gpu: bool, xla: bool = False) -> tuple[int, int] | None:
+def thread_counts(shards: int, on_gpu: bool, *, xla: bool) -> tuple[int, int] | None:
     """(intra-op, inter-op) threads for a CPU run, or None to keep TensorFlow's defaults.
 
     With shards, each op gets cores // shards threads and up to `shards` ops run at once
     (never more than the cores), so the shards proceed side by side. Under XLA each shard's
     compiled cluster is one such op, but XLA's CPU runtime runs a cluster whose parts do not
     form one chain on the intra-op pool, which the shards' clusters share: with one thread
-    there the two shards took turns on it (a step 1.5x as long), so XLA gets every core.
+    there the two shards took turns on it (with `window_patches`, whose cluster is such, a
+    step took 1.5-2x as long; bench/RESULTS.md), so XLA gets every core.
     """
     if shards == 1 or on_gpu:
         return None
@@ -271,7 +272,7 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
     shards = 1 if strategy else config.shards or auto_shards(config.batch_size, on_gpu)
     machine = {
         "shards": shards,
-        "threads": thread_counts(shards, on_gpu, config.xla),
+        "threads": thread_counts(shards, on_gpu, xla=config.xla),
         "precision": config.precision,
         "conv_form": fastest_conv_form(config.xla, on_gpu),
     }

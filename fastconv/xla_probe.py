@@ -2,9 +2,10 @@
 
 Both are timed in the run's own process on the run's own data: graph mode by a twin trainer
 (its own weights, graph-mode steps, the same shards and precision) that is thrown away after.
-They share the run's thread settings, which are XLA's (`fastconv.runtime.thread_counts`):
-graph mode on threads of its own, as a run without `--xla` gets them, is faster still, so
-the ratio flatters XLA and "leave out --xla" holds all the more.
+They share the run's thread settings, which are XLA's (`fastconv.runtime.thread_counts`).
+Where those differ from graph mode's own (with shards on a CPU), the twin runs on threads a
+run without `--xla` would not give it: on 2 cores, 7-19% slower than on its own (bench/
+RESULTS.md), so there the ratio flatters XLA and the run's note says on whose threads.
 """
 
 from __future__ import annotations

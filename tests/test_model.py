@@ -76,11 +76,15 @@ def test_every_conv_form_of_the_forpass_matches_float64_reference(conv_form):
     assert relative_error(logits, expected) < 1e-5
 
 
-def test_batch_channels_form_takes_any_batch_size_in_one_trace():
+@pytest.mark.parametrize(
+    "conv_form, jit_compile", [("batch_channels", False), ("window_patches", True)]
+)
+def test_batch_reshaping_forms_take_any_batch_size_in_one_trace(conv_form, jit_compile):
     model = randomized(ConvNet(10, 100), seed=6)
     forpass = tf.function(
-        lambda x: model.forpass(x, "batch_channels"),
+        lambda x: model.forpass(x, conv_form),
         input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
+        jit_compile=jit_compile,
     )
     rng = np.random.default_rng(7)
     for count in (1, 5, 64):
@@ -92,7 +96,8 @@ def test_batch_channels_form_takes_any_batch_size_in_one_trace():
 
 def flat_regions(rng, count):
     """Images like Fashion-MNIST's: a zero background and blocks of one grey each, where
-    equal patches give equal conv values, so the pool meets ties everywhere."""
+    equal patches give equal conv values, so the pool meets ties: in the background, and
+    inside the blocks, where they weigh in the kernels' gradient."""
     images = np.zeros((count, 28, 28, 1))
     for image in images:
         for _ in range(3):
@@ -109,6 +114,8 @@ def test_conv_relu_pool_forms_equal_the_books_order_in_values_and_gradients(jit_
     images = tf.constant(images, tf.float32)
     conv_w = tf.Variable(rng.normal(0, 0.5, (3, 3, 1, 10)), dtype=tf.float32)
     conv_b = tf.Variable(rng.normal(0, 0.5, 10), dtype=tf.float32)
+    if pixels == "flat regions":
+        assert tied_windows_with_signal(images, conv_w) > 100
     upstream = tf.constant(rng.normal(size=(8, 1960)), tf.float32)
 
     def values_and_gradients(conv_relu_pool, images_in_columns=False):
@@ -127,17 +134,26 @@ def test_conv_relu_pool_forms_equal_the_books_order_in_values_and_gradients(jit_
 
     expected = values_and_gradients(book_conv_relu_pool)
     # XLA compiles TensorFlow's ops only, not the forms with an op of fastconv's own.
-    forms = [form for form in CONV_FORMS.values() if not (jit_compile and form.stock)]
-    names = ["values", "d conv_w", "d conv_b", "d images"]
-    if pixels == "flat regions":
-        # Where a pool's window holds equal maxima, MaxPoolGrad gives the first the gradient
-        # and reduce_max (the patches form) shares it: the same weight gradients, since the
-        # tied patches are equal, but not the same image gradient, which training never uses.
-        names.remove("d images")
-    for form in forms:
+    forms = {name: form for name, form in CONV_FORMS.items() if not (jit_compile and form.stock)}
+    for form_name, form in forms.items():
+        names = ["values", "d conv_w", "d conv_b", "d images"]
+        if pixels == "flat regions" and form_name == "window_patches":
+            # Where a window holds equal maxima, MaxPoolGrad gives the first the gradient and
+            # reduce_max shares it: the same weight gradients, since the tied patches are
+            # equal, but not the same image gradient, which training never uses.
+            names.remove("d images")
         actual = values_and_gradients(form.conv_relu_pool, form.images_in_columns)
         for name, a, e in zip(names, actual, expected):
-            assert relative_error(a, e) < 1e-5, (form.conv_relu_pool.__name__, name)
+            assert relative_error(a, e) < 1e-5, (form_name, name)
+
+
+def tied_windows_with_signal(images, conv_w):
+    """Pooling windows of the conv whose maximum, not zero, is reached more than once."""
+    conv = tf.nn.conv2d(images, conv_w, strides=1, padding="SAME").numpy()
+    windows = conv.reshape(conv.shape[0], 14, 2, 14, 2, -1)
+    maxima = windows.max(axis=(2, 4), keepdims=True)
+    ties = (windows == maxima).sum(axis=(2, 4)) > 1
+    return int((ties & (maxima[:, :, 0, :, 0] != 0)).sum())
 
 
 def book_conv_relu_pool(images, conv_w, conv_b):

@@ -17,7 +17,7 @@ WEIGHT_NAMES = ("conv_w", "conv_b", "w1", "b1", "w2", "b2")
 CONV_OP_TYPES = {
     "nn": "Conv2D",
     "batch_channels": "DepthwiseConv2dNative",
-    "patches": "MatMul",
+    "window_patches": "MatMul",
     "fused": "FastconvConvReluPool",
     "fused_stock": "DepthwiseConv2dNative",
 }

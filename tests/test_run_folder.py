@@ -148,7 +148,7 @@ def test_a_resumed_run_computes_with_the_settings_the_run_recorded(finished, tmp
         "shards": 1 if here.shards != 1 else 2,
         "threads": None,
         "precision": "float32" if here.precision != "float32" else "mixed_bfloat16",
-        "conv_form": "nn" if here.conv_form != "nn" else "patches",
+        "conv_form": "nn" if here.conv_form != "nn" else "window_patches",
         "replicas": 1,
     }
     rundir.write_json(run / rundir.ENVIRONMENT, {**environment, "placement": other})
@@ -178,8 +178,9 @@ def test_settings_the_machine_cannot_honour_are_said_before_any_work(finished, t
     train_and_evaluate(config, log=lines.append, resume=True)
     warnings = [i for i, line in enumerate(lines) if line.startswith("warning:")]
     assert [lines[i] for i in warnings] == [
-        f"warning: cannot resume with the run's conv_form 'winograd' (in "
-        f"{run / rundir.ENVIRONMENT}); this machine's choice may compute differently",
+        f"warning: cannot resume with the run's threads {placement['threads']!r}, conv_form "
+        f"'winograd' (in {run / rundir.ENVIRONMENT}); this machine's choice may compute "
+        "differently",
         "warning: the run started on 2 replica(s), this machine gives 1: the batches split "
         "differently, so the sums may round differently",
     ]
@@ -198,14 +199,32 @@ def test_a_run_on_the_fused_op_resumed_with_xla_is_told_and_uses_xlas_form(tmp_p
     }
     rundir.write_json(tmp_path / rundir.ENVIRONMENT, {"placement": placement})
     recorded, notes = recorded_settings(tmp_path, TrainConfig(xla=True))
-    assert "conv_form" not in recorded and recorded["shards"] == 2
+    # The threads were chosen for the form's engine: they go with it.
+    assert "conv_form" not in recorded and "threads" not in recorded
+    assert recorded["shards"] == 2
     assert notes == [
-        f"warning: cannot resume with the run's conv_form 'fused' (in "
+        f"warning: cannot resume with the run's threads [1, 2], conv_form 'fused' (in "
         f"{tmp_path / rundir.ENVIRONMENT}); this machine's choice may compute differently"
     ]
-    assert runtime.place(TrainConfig(xla=True), recorded).conv_form == "patches"
+    placement = runtime.place(TrainConfig(xla=True), recorded)
+    assert placement.conv_form == "window_patches"
+    assert placement.threads == runtime.thread_counts(2, on_gpu=False, xla=True)
     graph_mode, _ = recorded_settings(tmp_path, TrainConfig())
     assert graph_mode["conv_form"] == "fused"  # where the op is built, as here
+    assert graph_mode["threads"] == (1, 2)
+
+
+def test_an_xla_run_recorded_with_the_old_patches_form_resumes_on_this_versions_form(tmp_path):
+    """A run started before `window_patches` recorded "patches" and one thread per op: both
+    are this version's to choose again, and the run is told."""
+    placement = {"shards": 2, "threads": [1, 2], "precision": "float32", "conv_form": "patches"}
+    rundir.write_json(tmp_path / rundir.ENVIRONMENT, {"placement": {**placement, "replicas": 1}})
+    recorded, notes = recorded_settings(tmp_path, TrainConfig(xla=True))
+    assert recorded == {"shards": 2, "precision": "float32", "replicas": 1}
+    assert notes == [
+        f"warning: cannot resume with the run's threads [1, 2], conv_form 'patches' (in "
+        f"{tmp_path / rundir.ENVIRONMENT}); this machine's choice may compute differently"
+    ]
 
 
 # Damaged checkpoints

@@ -30,9 +30,9 @@ def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cores):
 def test_the_conv_form_suits_the_engine():
     assert native.unavailable() is None  # the suite's machine builds the fused op
     assert fastest_conv_form(xla=False, on_gpu=False) == "fused"
-    assert fastest_conv_form(xla=True, on_gpu=False) == "patches"
+    assert fastest_conv_form(xla=True, on_gpu=False) == "window_patches"
     assert fastest_conv_form(xla=False, on_gpu=True) == "nn"  # cuDNN runs the book's ops
-    assert fastest_conv_form(xla=True, on_gpu=True) == "patches"
+    assert fastest_conv_form(xla=True, on_gpu=True) == "window_patches"
 
 
 def test_without_the_fused_op_a_cpu_run_uses_tensorflows_ops_and_says_why(monkeypatch):
@@ -49,19 +49,20 @@ def test_without_the_fused_op_a_cpu_run_uses_tensorflows_ops_and_says_why(monkey
 
 def test_shards_get_the_cores_between_them(cores):
     cores(2)
-    assert runtime.thread_counts(shards=2, on_gpu=False) == (1, 2)
-    assert runtime.thread_counts(shards=8, on_gpu=False) == (1, 2)  # no more ops than cores
+    assert runtime.thread_counts(shards=2, on_gpu=False, xla=False) == (1, 2)
+    # no more ops than cores
+    assert runtime.thread_counts(shards=8, on_gpu=False, xla=False) == (1, 2)
     cores(16)
-    assert runtime.thread_counts(shards=2, on_gpu=False) == (8, 2)
-    assert runtime.thread_counts(shards=1, on_gpu=False) is None
-    assert runtime.thread_counts(shards=2, on_gpu=True) is None
+    assert runtime.thread_counts(shards=2, on_gpu=False, xla=False) == (8, 2)
+    assert runtime.thread_counts(shards=1, on_gpu=False, xla=False) is None
+    assert runtime.thread_counts(shards=2, on_gpu=True, xla=False) is None
 
 
-def test_xla_shards_share_every_core_for_their_compiled_parts(cores):
+def test_xla_shards_share_every_core_for_their_compiled_parts(machine):
     # XLA's runtime hands a cluster's parallel parts to the intra-op pool the shards share.
-    cores(2)
+    machine(core_count=2, gpus=0)
     assert runtime.thread_counts(shards=2, on_gpu=False, xla=True) == (2, 2)
-    cores(16)
+    machine(core_count=16, gpus=0)
     assert runtime.thread_counts(shards=2, on_gpu=False, xla=True) == (16, 2)
     assert runtime.thread_counts(shards=1, on_gpu=False, xla=True) is None
     assert runtime.place(TrainConfig(xla=True, shards=2)).threads == (16, 2)
