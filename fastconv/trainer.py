@@ -228,17 +228,37 @@ class Trainer:
 
         Each step is checked as it ends and the loop stops at the first bad one, so the host
         learns the exact step of a divergence from the same read that fetches the loss.
+
+        Each step's batch is made while the step before it runs: the batch is a loop
+        variable, and the body pulls the next one (from the iterator, gathered when the
+        images are resident) beside the step's own work. Pulled at the top of each step,
+        the iterator's answer (an asynchronous op, served on tf.data's thread) and the
+        gather sat between the steps on the critical path: made beside the step, --xla ran
+        1.08x and the graph path 1.02-1.03x (bench/RESULTS.md). A block pulls the batches
+        of its own steps only, so the next block starts where it ended; one that a
+        non-finite step stopped has pulled the batch after that step too. `num_steps` is
+        at least 1: the first batch is pulled before the loop.
         """
 
-        def go_on(steps, loss_sum, correct, finite):
+        def go_on(steps, loss_sum, correct, finite, batch):
             return (steps < num_steps) & finite
 
-        def step(steps, loss_sum, correct, finite):
-            loss, batch_correct, finite = self._step_on_iterator(iterator)
-            return steps + 1, loss_sum + tf.cast(loss, tf.float64), correct + batch_correct, finite
+        def step(steps, loss_sum, correct, finite, batch):
+            # The step's number as the next batch's (augmentation's key): read before this
+            # step counts itself, in program order, as the auto control dependencies keep it.
+            following_step = self.step + 1
+            following = tf.cond(
+                steps + 1 < num_steps,
+                lambda: self._next_batch(iterator, following_step),
+                lambda: batch,
+            )
+            loss, batch_correct, finite = self._step_on_batch(*batch)
+            loss_sum += tf.cast(loss, tf.float64)
+            return steps + 1, loss_sum, correct + batch_correct, finite, following
 
         start = (tf.constant(0), tf.constant(0.0, tf.float64), tf.constant(0, tf.int64), True)
-        steps, loss_sum, correct, finite = tf.while_loop(go_on, step, start)
+        first = self._next_batch(iterator, self.step)
+        steps, loss_sum, correct, finite, _ = tf.while_loop(go_on, step, (*start, first))
         return Block(steps, loss_sum, correct, finite)
 
     def _train_one_step(self, iterator):
@@ -247,15 +267,18 @@ class Trainer:
         The profiler's Profile tab groups a step marker's events into a step only when the
         traced function holds no while loop, so the steps it traces run through this.
         """
-        loss, correct, finite = self._step_on_iterator(iterator)
+        loss, correct, finite = self._step_on_batch(*self._next_batch(iterator, self.step))
         return Block(tf.constant(1), tf.cast(loss, tf.float64), correct, finite)
 
-    def _step_on_iterator(self, iterator):
-        """The next batch's step: its loss, correct predictions, and whether the loss and
-        every weight are still finite."""
+    def _next_batch(self, iterator, step):
+        """The iterator's next batch as (images, targets): index rows of resident images are
+        gathered here, as the batch of step `step` (augmentation's key)."""
         batch = next(iterator)
-        # Resident images are gathered here, as the batch of step `self.step` (augmentation's key).
-        images, targets = batch if self.make_batch is None else self.make_batch(batch, self.step)
+        return batch if self.make_batch is None else self.make_batch(batch, step)
+
+    def _step_on_batch(self, images, targets):
+        """A training step on the batch: its loss, correct predictions, and whether the loss
+        and every weight are still finite."""
         loss, correct = self._replicated_step(images, targets)
         self.step.assign_add(1)
         if self.step_summaries is not None:

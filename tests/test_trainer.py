@@ -194,6 +194,33 @@ def test_diverging_loss_stops_the_run_at_the_step_that_diverged():
     assert not bool(trainer.train(iterator, tf.constant(1)).finite)
 
 
+@pytest.mark.parametrize("resident", [False, True])
+def test_blocks_of_any_length_train_on_the_batches_of_single_steps(resident):
+    """A block pulls each step's batch while the step before it runs, and only the batches
+    of its own steps: however the steps are cut into blocks, each trains on the stream's
+    batches in order, and the stream is left where single steps leave it."""
+    config = TrainConfig(batch_size=32)
+    datasets = make_datasets(
+        data.book_split(synthetic_dataset(), config), config, resident=resident
+    )
+
+    def trained(block_lengths):
+        trainer = Trainer(ConvNet(seed=0), 0.05, shards=2, make_batch=datasets.make_batch)
+        iterator = iter(datasets.train())
+        for length in block_lengths:
+            assert int(trainer.train(iterator, tf.constant(length)).steps) == length
+        return [w.numpy() for w in trainer.model.weights], tf.nest.flatten(next(iterator))
+
+    # A block of one pulls its batch as it starts: the steps as they were before pipelining.
+    single_weights, single_next = trained([1] * 12)
+    for lengths in ([12], [5, 7], [2, 3, 7]):
+        weights, following = trained(lengths)
+        for a, b in zip(following, single_next):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        for a, b in zip(weights, single_weights):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_a_block_stops_at_its_first_non_finite_step():
     trainer = Trainer(ConvNet(seed=0), 1e10)
     images, labels = synthetic_images(640)
