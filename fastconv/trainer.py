@@ -234,7 +234,7 @@ class Trainer:
         images are resident) beside the step's own work. Pulled at the top of each step,
         the iterator's answer (an asynchronous op, served on tf.data's thread) and the
         gather sat between the steps on the critical path: made beside the step, --xla ran
-        1.08x and the graph path 1.02-1.03x (bench/RESULTS.md). A block pulls the batches
+        1.08x and the graph path 1.02x (bench/RESULTS.md). A block pulls the batches
         of its own steps only, so the next block starts where it ended; one that a
         non-finite step stopped has pulled the batch after that step too. `num_steps` is
         at least 1: the first batch is pulled before the loop.
