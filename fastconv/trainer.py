@@ -236,8 +236,9 @@ class Trainer:
         gather sat between the steps on the critical path: made beside the step, --xla ran
         1.08x and the graph path 1.02x (bench/RESULTS.md). A block pulls the batches
         of its own steps only, so the next block starts where it ended; one that a
-        non-finite step stopped has pulled the batch after that step too. `num_steps` is
-        at least 1: the first batch is pulled before the loop.
+        non-finite step stopped before its last has pulled the batch after that step too.
+        `num_steps` must be at least 1 (an InvalidArgumentError otherwise, with nothing
+        pulled): the first batch is pulled before the loop.
         """
 
         def go_on(steps, loss_sum, correct, finite, batch):
@@ -257,7 +258,9 @@ class Trainer:
             return steps + 1, loss_sum, correct + batch_correct, finite, following
 
         start = (tf.constant(0), tf.constant(0.0, tf.float64), tf.constant(0, tf.int64), True)
-        first = self._next_batch(iterator, self.step)
+        # The first batch is pulled before the loop: a block of no steps would lose it.
+        with tf.control_dependencies([tf.debugging.assert_positive(num_steps, _NO_STEPS)]):
+            first = self._next_batch(iterator, self.step)
         steps, loss_sum, correct, finite, _ = tf.while_loop(go_on, step, (*start, first))
         return Block(steps, loss_sum, correct, finite)
 
@@ -330,6 +333,9 @@ class Trainer:
         functions = (self.train, self.train_one_step, self.evaluate, self.train_step)
         functions += (self.shard_gradients, self.eval_step, self.predict_step)
         return sum(f.experimental_get_tracing_count() for f in functions)
+
+
+_NO_STEPS = "a block of training steps runs at least one step (num_steps < 1)"
 
 
 def _count_correct(targets, logits):

@@ -198,27 +198,46 @@ def test_diverging_loss_stops_the_run_at_the_step_that_diverged():
 def test_blocks_of_any_length_train_on_the_batches_of_single_steps(resident):
     """A block pulls each step's batch while the step before it runs, and only the batches
     of its own steps: however the steps are cut into blocks, each trains on the stream's
-    batches in order, and the stream is left where single steps leave it."""
-    config = TrainConfig(batch_size=32)
+    batches in order, augmented as the batch of its own step, and the stream is left where
+    single steps leave it. Resumed at step 7, the 12 steps cross an epoch (15 steps)."""
+    config = TrainConfig(batch_size=32, augment=True, shift=1)
     datasets = make_datasets(
         data.book_split(synthetic_dataset(), config), config, resident=resident
     )
+    start_step = 7
 
-    def trained(block_lengths):
+    def trained(plan):
+        """Steps as `plan` cuts them: a number is a block of that many, "one" the loop-free
+        one-step function (the profiler's), which pulls its batch as the step starts."""
         trainer = Trainer(ConvNet(seed=0), 0.05, shards=2, make_batch=datasets.make_batch)
-        iterator = iter(datasets.train())
-        for length in block_lengths:
-            assert int(trainer.train(iterator, tf.constant(length)).steps) == length
+        trainer.step.assign(start_step)  # as a run resumed at step 7 is
+        iterator = iter(datasets.train(start_step))
+        for part in plan:
+            if part == "one":
+                trainer.train_one_step(iterator)
+            else:
+                assert int(trainer.train(iterator, tf.constant(part)).steps) == part
+        assert int(trainer.step) == start_step + 12
         return [w.numpy() for w in trainer.model.weights], tf.nest.flatten(next(iterator))
 
-    # A block of one pulls its batch as it starts: the steps as they were before pipelining.
-    single_weights, single_next = trained([1] * 12)
-    for lengths in ([12], [5, 7], [2, 3, 7]):
-        weights, following = trained(lengths)
+    single_weights, single_next = trained(["one"] * 12)
+    for plan in ([12], [5, 7], [2, 3, 7], [1, "one", 4, "one", "one", 4]):
+        weights, following = trained(plan)
         for a, b in zip(following, single_next):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
         for a, b in zip(weights, single_weights):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_block_of_no_steps_is_refused_and_pulls_nothing():
+    images, labels = synthetic_images(640)
+    trainer = Trainer(ConvNet(seed=0), 0.05)
+    iterator = iter(pipeline.training_batches(images, labels, 32, 0, prepared.IDENTITY))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one step"):
+        trainer.train(iterator, tf.constant(0))
+    expected = next(iter(pipeline.training_batches(images, labels, 32, 0, prepared.IDENTITY)))
+    np.testing.assert_array_equal(next(iterator)[0].numpy(), expected[0].numpy())
+    assert int(trainer.step) == 0
 
 
 def test_a_block_stops_at_its_first_non_finite_step():
