@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from fastconv.config import TrainConfig
     from fastconv.runtime import Placement
 
+# `Trainer.train`'s refusal of a block of no steps.
+_NO_STEPS = "a block of training steps runs at least one step (num_steps < 1)"
+
 
 class Trainer:
     """Trains a ConvNet on batches of one-hot targets.
@@ -229,16 +232,16 @@ class Trainer:
         Each step is checked as it ends and the loop stops at the first bad one, so the host
         learns the exact step of a divergence from the same read that fetches the loss.
 
-        Each step's batch is made while the step before it runs: the batch is a loop
-        variable, and the body pulls the next one (from the iterator, gathered when the
-        images are resident) beside the step's own work. Pulled at the top of each step,
-        the iterator's answer (an asynchronous op, served on tf.data's thread) and the
-        gather sat between the steps on the critical path: made beside the step, --xla ran
-        1.08x and the graph path 1.02x (bench/RESULTS.md). A block pulls the batches
-        of its own steps only, so the next block starts where it ended; one that a
-        non-finite step stopped before its last has pulled the batch after that step too.
-        `num_steps` must be at least 1 (an InvalidArgumentError otherwise, with nothing
-        pulled): the first batch is pulled before the loop.
+        After a block's first step, each step's batch is made while the step before it
+        runs: the batch is a loop variable, and the body pulls the next one (from the
+        iterator, gathered when the images are resident) beside the step's own work. Pulled
+        at the top of each step, the iterator's answer (an asynchronous op, served on
+        tf.data's thread) and the gather sat between the steps on the critical path: made
+        beside the step, --xla ran 1.08x and the graph path 1.02x (bench/RESULTS.md). A
+        block pulls the batches of its own steps only, so the next block starts where it
+        ended; one that a non-finite step stopped before its last has pulled the batch after
+        that step too. `num_steps` must be at least 1 (an InvalidArgumentError otherwise,
+        with nothing pulled): the first batch is pulled before the loop.
         """
 
         def go_on(steps, loss_sum, correct, finite, batch):
@@ -333,9 +336,6 @@ class Trainer:
         functions = (self.train, self.train_one_step, self.evaluate, self.train_step)
         functions += (self.shard_gradients, self.eval_step, self.predict_step)
         return sum(f.experimental_get_tracing_count() for f in functions)
-
-
-_NO_STEPS = "a block of training steps runs at least one step (num_steps < 1)"
 
 
 def _count_correct(targets, logits):
