@@ -183,20 +183,20 @@ def _neighbourhoods(images):
     """(16, B*14*14): row 4*r + c holds pixel (2i + r, 2j + c) of the padded image, for every
     image and pooling window (i, j); r and c run over the window's 4x4 neighbourhood.
 
-    The image is split into its four phases (pixel (2p + u, 2q + v) of phase (u, v) at
-    (p, q)), so each row is a contiguous 14x14 slice of one phase: 2i + r is 2(i + r // 2)
-    + r % 2.
+    The image is split into its four phases by the pool's stride (pixel (2p + u, 2q + v) of
+    phase (u, v) at (p, q)), so each row is a contiguous 14x14 slice of one phase: 2i + r is
+    2(i + r // 2) + r % 2.
     """
     batch = tf.shape(images)[0]
     padded = tf.pad(images[..., 0], [[0, 0], [1, 1], [1, 1]])  # SAME for a 3x3 kernel: 30x30
     phase_size = POOLED_SIZE + 1  # 15: a 30x30 image's four phases are 15x15
     by_phase = tf.reshape(padded, [batch, phase_size, WINDOW, phase_size, WINDOW])
     phases = tf.transpose(by_phase, [2, 4, 0, 1, 3])
-    rows = [
-        phases[r % 2, c % 2, :, r // 2 : r // 2 + POOLED_SIZE, c // 2 : c // 2 + POOLED_SIZE]
-        for r in range(NEIGHBOURHOOD)
-        for c in range(NEIGHBOURHOOD)
-    ]
+    rows = []
+    for r in range(NEIGHBOURHOOD):
+        for c in range(NEIGHBOURHOOD):
+            (top, u), (left, v) = divmod(r, WINDOW), divmod(c, WINDOW)
+            rows.append(phases[u, v, :, top : top + POOLED_SIZE, left : left + POOLED_SIZE])
     return tf.reshape(tf.stack(rows), [NEIGHBOURHOOD * NEIGHBOURHOOD, -1])
 
 
