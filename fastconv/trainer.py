@@ -24,9 +24,6 @@ if TYPE_CHECKING:
     from fastconv.config import TrainConfig
     from fastconv.runtime import Placement
 
-# `Trainer.train`'s refusal of a block of no steps.
-_NO_STEPS = "a block of training steps runs at least one step (num_steps < 1)"
-
 
 class Trainer:
     """Trains a ConvNet on batches of one-hot targets.
@@ -262,7 +259,8 @@ class Trainer:
 
         start = (tf.constant(0), tf.constant(0.0, tf.float64), tf.constant(0, tf.int64), True)
         # The first batch is pulled before the loop: a block of no steps would lose it.
-        with tf.control_dependencies([tf.debugging.assert_positive(num_steps, _NO_STEPS)]):
+        no_steps = "a block of training steps runs at least one step (num_steps < 1)"
+        with tf.control_dependencies([tf.debugging.assert_positive(num_steps, no_steps)]):
             first = self._next_batch(iterator, self.step)
         steps, loss_sum, correct, finite, _ = tf.while_loop(go_on, step, (*start, first))
         return Block(steps, loss_sum, correct, finite)
