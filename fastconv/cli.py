@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import dataclasses
-import gc
 import os
 import sys
 import time
@@ -246,13 +247,16 @@ def main_entry(started_at: float | None = None) -> None:
 
 
 def exit_promptly(code: int) -> typing.NoReturn:
-    """Ends the process with `code`, without Python's last garbage collection: it walks every
-    object TensorFlow made, 0.6 s for nothing (the run's files are closed by now). A command
-    refused while TensorFlow still imports in the background ends without waiting for it:
+    """Ends the process with `code` as soon as its work is done: the exit handlers run and
+    the output is flushed, as `sys.exit` would do, but the rest of Python's shutdown is
+    skipped. Its last garbage collection walks every object TensorFlow made (0.6 s), and
+    tearing down TensorFlow's modules took 0.1 s more, all for nothing: the run's files
+    are closed by now. A command refused while TensorFlow still imports in the background
+    ends without waiting for the import (or for the exit handlers it may be registering):
     it has written nothing but its output."""
-    gc.freeze()
-    if still_importing():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    if not still_importing():
+        atexit._run_exitfuncs()  # logging's shutdown, tempfile's clean-up, TensorFlow's own
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to do
+            stream.flush()
+    os._exit(code)
