@@ -113,10 +113,10 @@ def test_nothing_retraces_after_the_first_epoch(xla):
     assert trainer.trace_count() == traced
 
 
-def test_evaluation_compiled_in_its_own_thread_runs_in_the_runs_device_scope():
-    """A device scope belongs to the thread that entered it: the evaluation's warm-up call,
-    in a thread beside the training loop's, enters the run's scope itself (on a GPU, the
-    call compiles for the device it runs on)."""
+def test_the_warm_up_step_in_its_own_thread_runs_in_the_runs_device_scope():
+    """A device scope belongs to the thread that entered it: the training loop's warm-up
+    step, run in a thread while the evaluation compiles in this one, enters the run's scope
+    itself (on a GPU, the call compiles for the device it runs on)."""
     config = TrainConfig(batch_size=32)
     split = data.book_split(synthetic_dataset(), config)
     datasets = make_datasets(split, config)
@@ -129,18 +129,21 @@ def test_evaluation_compiled_in_its_own_thread_runs_in_the_runs_device_scope():
         yield
         scopes.append(("exit", threading.current_thread()))
 
-    evaluate, calls = trainer.evaluate, []
+    train, calls = trainer.train, []
 
-    def evaluate_recorded(evaluation):
+    def train_recorded(iterator, num_steps):
         calls.append((list(scopes), threading.current_thread()))
-        return evaluate(evaluation)
+        return train(iterator, num_steps)
 
-    trainer.evaluate = evaluate_recorded
+    train_recorded.get_concrete_function = train.get_concrete_function  # the trace, here
+    trainer.train = train_recorded
     compile_trainer(trainer, datasets, False, device_scope)
     ((scopes_then, thread),) = calls
     assert thread is not threading.main_thread()
     assert scopes_then == [("enter", thread)]
     assert scopes == [("enter", thread), ("exit", thread)]
+    assert train.experimental_get_tracing_count() == 1  # the thread's call found the trace
+    assert trainer.steps_done == 0  # and the step undone
 
 
 def test_compile_warm_up_leaves_no_trace_in_the_run(monkeypatch):
