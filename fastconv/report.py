@@ -35,14 +35,27 @@ class RunResult:
     test_confusion: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
 
+def curve_pngs(history: list[EpochResult]) -> dict[str, bytes]:
+    """The per-epoch figures as PNG, by the names they get in the run folder."""
+    return {
+        "loss.png": figures.png_bytes(figures.loss_curves(history)),
+        "accuracy.png": figures.png_bytes(figures.accuracy_curve(history)),
+    }
+
+
 def write_results(
-    result: RunResult, logdir: Path, datasets: Datasets, summaries: Summaries
+    result: RunResult,
+    logdir: Path,
+    datasets: Datasets,
+    summaries: Summaries,
+    curves: dict[str, bytes],
 ) -> None:
-    """The book's figures as PNG, the test results in TensorBoard, and metrics.json, written
-    last: its epochs say that the results of that many epochs are complete (`--resume`
-    finishes a run whose results are missing)."""
-    (logdir / "loss.png").write_bytes(figures.png_bytes(figures.loss_curves(result.history)))
-    (logdir / "accuracy.png").write_bytes(figures.png_bytes(figures.accuracy_curve(result.history)))
+    """The book's figures as PNG (the `curve_pngs` of the run's history, and the test set's
+    confusion matrix), the test results in TensorBoard, and metrics.json, written last: its
+    epochs say that the results of that many epochs are complete (`--resume` finishes a run
+    whose results are missing)."""
+    for name, png in curves.items():
+        (logdir / name).write_bytes(png)
     confusion = figures.confusion_matrix(result.test_confusion, data.CLASS_NAMES)
     confusion_png = figures.png_bytes(confusion)
     (logdir / "confusion_matrix.png").write_bytes(confusion_png)

@@ -23,7 +23,7 @@ from fastconv.interruption import StopRequests
 from fastconv.loop import LoopState, RunLoop
 from fastconv.pipeline import RESIDENT_BYTES, Datasets, make_datasets
 from fastconv.prepared import PreparedSplit, prepare
-from fastconv.report import RunResult, write_results
+from fastconv.report import RunResult, curve_pngs, write_results
 from fastconv.resume import recorded_settings, starting_point
 from fastconv.runtime import Placement
 from fastconv.summaries import Summaries
@@ -196,7 +196,12 @@ def _train(
     loop = RunLoop(config, trainer, datasets, state, saved, summaries, requests, log, live_progress)
     loop.train()
     faults.reached("final-evaluation")
-    test = trainer.evaluate(datasets.test)
+    # The test set is evaluated in a thread while the curves are drawn here: TensorFlow's
+    # C++ and matplotlib's Python side by side (24 ms less of 157).
+    with ThreadPoolExecutor(1) as thread:
+        testing = thread.submit(_in_scope, placement.device_scope, trainer.evaluate, datasets.test)
+        curves = curve_pngs(state.history) if folder else None
+        test = testing.result()
     result = RunResult(
         config,
         state.history,
@@ -213,7 +218,7 @@ def _train(
         test_confusion=test.confusion.numpy().astype(int),
     )
     if folder:
-        write_results(result, folder, datasets, summaries)
+        write_results(result, folder, datasets, summaries, curves)
     results = f"; its results are in {folder}" if folder else ""
     requests.check(f"during the final evaluation{results}")
     return result
