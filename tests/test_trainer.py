@@ -1,5 +1,6 @@
 """The compiled trainer: XLA and graph agree, SGD is SGD, nothing retraces, loss falls."""
 
+import collections
 import contextlib
 import dataclasses
 import re
@@ -139,11 +140,50 @@ def test_the_warm_up_step_in_its_own_thread_runs_in_the_runs_device_scope():
     trainer.train = train_recorded
     compile_trainer(trainer, datasets, False, device_scope)
     ((scopes_then, thread),) = calls
-    assert thread is not threading.main_thread()
-    assert scopes_then == [("enter", thread)]
-    assert scopes == [("enter", thread), ("exit", thread)]
+    main = threading.main_thread()
+    assert thread is not main
+    assert scopes_then == [("enter", main), ("enter", thread)]
+    assert scopes == [("enter", main), ("enter", thread), ("exit", thread), ("exit", main)]
     assert train.experimental_get_tracing_count() == 1  # the thread's call found the trace
     assert trainer.steps_done == 0  # and the step undone
+
+
+def test_the_test_set_is_evaluated_in_its_own_thread_in_the_runs_device_scope(monkeypatch):
+    """The final evaluation runs in a thread while the curves are drawn, and enters the
+    run's device scope itself there; the validation passes run in the run's own thread."""
+    inside = collections.Counter()  # per thread, the run's device scopes it is in now
+    scope = runtime.Placement.device_scope
+
+    @contextlib.contextmanager
+    def device_scope(placement):
+        with scope(placement):
+            inside[threading.current_thread()] += 1
+            try:
+                yield
+            finally:
+                inside[threading.current_thread()] -= 1
+
+    calls = []  # (thread, whether that thread was in the scope)
+
+    def recorded(*args, **kwargs):
+        trainer = make_trainer(*args, **kwargs)
+        evaluate = trainer.evaluate
+
+        def evaluate_recorded(evaluation):
+            calls.append((threading.current_thread(), inside[threading.current_thread()] > 0))
+            return evaluate(evaluation)
+
+        trainer.evaluate = evaluate_recorded
+        return trainer
+
+    monkeypatch.setattr(runtime.Placement, "device_scope", device_scope)
+    monkeypatch.setattr(run, "make_trainer", recorded)
+    config = TrainConfig(epochs=2, batch_size=32)
+    train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    main = threading.main_thread()
+    *validations, (test_thread, test_in_scope) = calls[1:]  # after the compile's
+    assert validations == [(main, True)] * 2
+    assert test_thread is not main and test_in_scope
 
 
 def test_compile_warm_up_leaves_no_trace_in_the_run(monkeypatch):
