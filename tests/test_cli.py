@@ -233,13 +233,8 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_120():
 def test_a_command_started_with_its_output_closed_ends_with_its_own_code(flags, closed, code):
     """Started with stdout or stderr closed (Python then has None for it), the command ends
     with the code of what it did, not a traceback at its exit."""
-    run = subprocess.run(
-        [sys.executable, str(SCRIPTS / "train.py"), *flags],
-        capture_output=True,
-        text=True,
-        env=BUFFERED,
-        timeout=120,
-        preexec_fn=lambda: os.close(closed),
+    run = run_script(
+        "train.py", *flags, env=BUFFERED, timeout=120, preexec_fn=lambda: os.close(closed)
     )
     assert run.returncode == code
     assert "Traceback" not in run.stderr
