@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from fastconv import pipeline, prepared, runtime
+from fastconv import pipeline, runtime
 from fastconv.config import TrainConfig
 from fastconv.data import IMAGE_SIZE
 from fastconv.trainer import make_trainer
@@ -64,7 +64,7 @@ class ConvolutionNetwork:
         self.trainer = make_trainer(config, runtime.place(config))
         self.model = self.trainer.model
         batches = iter(
-            pipeline.training_batches(images, labels, self.batch_size, seed, prepared.IDENTITY)
+            pipeline.training_batches(images, labels, self.batch_size, seed, pipeline.IDENTITY)
         )
         steps_per_epoch = tf.constant(len(images) // self.batch_size)
         for _ in range(epochs):
@@ -96,7 +96,7 @@ class ConvolutionNetwork:
 
     def _evaluation_set(self, x, y):
         return pipeline.evaluation_set(
-            _as_images(x), _as_labels(y, "y_val"), _EVAL_BATCH_SIZE, prepared.IDENTITY
+            _as_images(x), _as_labels(y, "y_val"), _EVAL_BATCH_SIZE, pipeline.IDENTITY
         )
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from fastconv import faults, rundir
-from fastconv.config import ConfigError
+from fastconv.config import ConfigError, TrainConfig
 from fastconv.trainer import Trainer
 
 INDEX = "checkpoint"
@@ -128,7 +128,7 @@ def _numbers_present(directory: Path) -> set[int]:
     return {n for p in directory.glob(f"{NAME}-*.index") if (n := _number(p.stem)) is not None}
 
 
-def prepare(directory: Path, start: Start) -> None:
+def discard_uncommitted(directory: Path, start: Start) -> None:
     """Makes `start` the index's latest checkpoint and removes the debris of cut-short writes.
 
     An intact index that names `start` is the commit point: anything newer was never
@@ -180,6 +180,57 @@ def _remove(path: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+class NothingToDo(Exception):
+    """--resume of a run that has trained and reported all its epochs: nothing to change."""
+
+
+def starting_point(
+    config: TrainConfig, folder: Path | None, steps_per_epoch: int, resume: bool
+) -> Start | None:
+    """The checkpoint the run continues from, or None for a new run.
+
+    Raises ConfigError for a new run over a folder that holds checkpoints, NothingToResume
+    without an intact checkpoint to resume from, ConfigError for `--epochs` below what the
+    run has trained, and NothingToDo when the run has trained and reported all its epochs
+    (unless it is to be exported).
+    """
+    directory = folder / rundir.CHECKPOINTS if folder else None
+    if not resume:
+        if directory and present(directory):
+            raise ConfigError(
+                f"{folder} already holds a run's checkpoints: continue it with --resume, "
+                "or choose another --logdir"
+            )
+        return None
+    if directory is None:
+        raise NothingToResume("resuming needs the run folder (--logdir) of the run to continue")
+    start = find_start(directory)
+    epochs_done, steps_into_next = divmod(start.step, steps_per_epoch)
+    trained = f"{epochs_done} epoch(s)"
+    if steps_into_next:
+        trained += f" and {steps_into_next} step(s) of the next"
+    if start.step > config.epochs * steps_per_epoch:
+        raise ConfigError(
+            f"--epochs {config.epochs}: the run in {folder} has trained {trained} already "
+            f"(up to {start.path}); a resumed run cannot train fewer, so nothing was changed"
+        )
+    finished = start.step == config.epochs * steps_per_epoch
+    if finished and not config.export_dir and _reported_epochs(folder) == epochs_done:
+        raise NothingToDo(
+            f"{folder}: the run has trained and reported its {epochs_done} epoch(s) "
+            "already; nothing to do (give a larger --epochs to train it further)"
+        )
+    return start
+
+
+def _reported_epochs(folder: Path) -> int | None:
+    """The epochs metrics.json reports (written last of the results), or None."""
+    try:
+        return rundir.read_json(folder / rundir.METRICS).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class Checkpoints:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import atexit
-import contextlib
 import dataclasses
-import gc
-import os
 import sys
-import threading
 import time
 import typing
 from pathlib import Path
 
-from fastconv import data, faults, prepared, rundir
-from fastconv.config import ConfigError, TrainConfig, flag_of, resumed
-from fastconv.importing import TensorFlowImport, still_importing
+from fastconv import data, faults, rundir
+from fastconv.config import ConfigError, TrainConfig, flag_name, flag_of
+from fastconv.importing import import_tensorflow
 from fastconv.interruption import Interrupted, stop_at_once
 
 # Flags of the command, not of the run's configuration.
@@ -36,12 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     types = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        flag = flag_of(field)
-        name = flag.name or "--" + field.name.replace("_", "-")
+        flag, name = flag_of(field), flag_name(field.name)
         if types[field.name] is bool:
             # --augment and --no-augment: a recipe's switch can be turned off beside it.
             action = argparse.BooleanOptionalAction
-            parser.add_argument(name, dest=field.name, action=action, help=flag.help)
+            parser.add_argument(name, dest=field.name, action=action, help=flag.help_text())
             continue
         default = flag.default_help or field.default
         kind = _value_type(types[field.name])
@@ -51,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_value_parser(flag, kind),
             choices=flag.choices,
             metavar=flag.metavar or {int: "N", float: "X"}.get(kind),
-            help=f"{flag.help} (default: {default})",
+            help=f"{flag.help_text()} (default: {default})",
         )
     parser.add_argument(
         "--resume",
@@ -152,16 +146,15 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool, log):
-    """The run the flags ask for: its RunResult, or the exit code of a run refused."""
+    """The run the flags ask for: its RunResult, or the exit code of a run refused.
+
+    The data are read and split before TensorFlow is imported: a bad file or flag is
+    refused in a blink.
+    """
     try:
         config = configure(args, resume)
-        # The data are read, split and prepared while TensorFlow imports: a bad file fails in
-        # a blink, and the evaluation sets are ready when TensorFlow is.
-        importing = TensorFlowImport()
-        faults.reached("import")
-        split = data.book_split(read_data(config, importing), config)
-        require_profile_fits(config, len(split.train_images) // config.batch_size)
-        arrays = prepared.prepare(split, config)
+        split = data.book_split(read_data(config), config)
+        require_profile_fits(config, split.steps_per_epoch)
     except ConfigError as error:
         if error.field and not resume:  # a flag's value that the run cannot take
             parser.error(f"argument {flag_name(error.field)}: {error.value!r} {error.requirement}")
@@ -171,17 +164,18 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    importing.wait()
+    faults.reached("import")
+    import_tensorflow()
     from fastconv import runtime
+    from fastconv.checkpoints import NothingToDo
     from fastconv.loop import TrainingDiverged
-    from fastconv.resume import NothingToDo
     from fastconv.run import train_and_evaluate
 
     log(" | ".join(f"{name} {version}" for name, version in runtime.versions().items()))
     log("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
     live = sys.stdout.isatty() and not getattr(args, "quiet", False)
     try:
-        return train_and_evaluate(config, arrays, log=log, resume=resume, live_progress=live)
+        return train_and_evaluate(config, split, log=log, resume=resume, live_progress=live)
     except NothingToDo as done:
         print(done)
         return 0
@@ -193,13 +187,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool
         return 1
 
 
-def read_data(config: TrainConfig, importing: TensorFlowImport) -> data.FashionMNIST:
-    """The data set, read while TensorFlow imports; where it must be downloaded, after the
-    import (Keras's downloader imports TensorFlow: not from two threads at once)."""
+def read_data(config: TrainConfig) -> data.FashionMNIST:
+    """The data set; where it must be downloaded, TensorFlow is imported first (quietly:
+    Keras's downloader imports it)."""
     try:
         return data.load(config.data_dir, download=False)
     except data.DataNotFound:
-        importing.wait()
+        import_tensorflow()
         return data.load(config.data_dir)
 
 
@@ -215,12 +209,6 @@ def require_profile_fits(config: TrainConfig, steps_per_epoch: int) -> None:
             f"reaches past the run's last step, {config.epochs * steps_per_epoch} "
             f"({config.epochs} epochs of {steps_per_epoch} steps)",
         )
-
-
-def flag_name(field: str) -> str:
-    """The command-line flag of a TrainConfig field."""
-    flag = flag_of(TrainConfig.__dataclass_fields__[field])
-    return flag.name or "--" + field.replace("_", "-")
 
 
 def configure(args: argparse.Namespace, resume: bool) -> TrainConfig:
@@ -241,40 +229,25 @@ def configure(args: argparse.Namespace, resume: bool) -> TrainConfig:
 
 def main_entry(started_at: float | None = None) -> None:
     """The console script `fastconv-train`, and scripts/train.py."""
-    try:
-        code = main(started_at=started_at)
-    except SystemExit as refused:  # argparse's refusal of a flag, perhaps mid-import
-        code = refused.code if isinstance(refused.code, int) else 2
-    exit_promptly(code)
+    sys.exit(main(started_at=started_at))
 
 
-def exit_promptly(code: int) -> typing.NoReturn:
-    """Ends the process with `code` as soon as its work is done: the exit handlers run and
-    the output is flushed, then the process ends without the rest of Python's shutdown, all
-    of it for nothing here: its last garbage collection walked every object TensorFlow made
-    (0.6 s), and its teardown of TensorFlow's modules took 0.05 s more. That holds while
-    every file is closed and no other thread is at work, as at the end of a command; with a
-    non-daemon thread still alive, Python's own exit waits for it (without the collection).
-
-    Output that cannot be written (a full disk, a reader gone) is one line on stderr and
-    exit code 120, as Python's own exit gives. A command refused while TensorFlow still
-    imports in the background ends without waiting for the import (or for the exit handlers
-    it may be registering): it has written nothing but its output.
-    """
-    if not still_importing():
-        others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-        if any(not thread.daemon for thread in others):
-            gc.freeze()
-            sys.exit(code)
-        atexit._run_exitfuncs()  # what sys.exit runs: logging's shutdown, the libraries' own
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:  # a process started with it closed has none
-                stream.flush()
-        except ValueError:  # closed by the command: nothing left in it
-            pass
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                os.write(2, f"error: cannot write the output ({error.strerror})\n".encode())
-            code = code or 120
-    os._exit(code)
+def resumed(saved: TrainConfig, given: dict) -> TrainConfig:
+    """The configuration a resumed run continues with: the saved run's, with the settings
+    `given` (those named on the command line, whatever their value) applied where they may
+    change, and refused where they take part in the arithmetic and differ."""
+    changes = {}
+    for field in dataclasses.fields(TrainConfig):
+        name = field.name
+        if name not in given or given[name] == getattr(saved, name):
+            continue
+        # A schedule runs to the last epoch: more epochs would change every rate after it.
+        scheduled = name == "epochs" and saved.schedule != "constant"
+        if not flag_of(field).resumable or scheduled:
+            raise ConfigError(
+                f"{name}={given[name]!r} differs from the resumed run's "
+                f"{name}={getattr(saved, name)!r}; a resumed run keeps its configuration "
+                "(start a new --logdir to change it)"
+            )
+        changes[name] = given[name]
+    return dataclasses.replace(saved, **changes)

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from isal import igzip, isal_zlib  # ISA-L's gzip: the 26 MB of images in half zlib's time
 
-from fastconv import zero_copy
 from fastconv.config import TrainConfig
 
 CLASS_NAMES = (
@@ -237,11 +236,7 @@ def stratified_split(labels: np.ndarray, validation_fraction: float = 0.2, seed:
 @dataclasses.dataclass(frozen=True)
 class BookSplit:
     """The arrays a run trains, validates and tests on: the book's split of the training
-    images, and the test set.
-
-    `train_images` are made to be handed to TensorFlow without a copy: a run's training
-    tensor shares their memory, so they must not change after (`fastconv.zero_copy`).
-    """
+    images, and the test set; and the training steps an epoch of them makes."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -250,27 +245,26 @@ class BookSplit:
     test_images: np.ndarray
     test_labels: np.ndarray
     source: Path
+    # Each epoch drops the remainder of the training images, as the book does.
+    steps_per_epoch: int
 
 
 def book_split(dataset: FashionMNIST, config: TrainConfig) -> BookSplit:
-    """The run's arrays, split as `config` says; a batch larger than the training set is a
-    ConfigError (the one place that is checked)."""
+    """The run's arrays, split as `config` says, and its steps per epoch. The one place a
+    batch is checked against the training set: a larger one is a ConfigError."""
+    if len(dataset.train_images) != len(dataset.train_labels):
+        raise DataError(
+            f"{len(dataset.train_images)} training images but {len(dataset.train_labels)} labels"
+        )
     split = stratified_split(dataset.train_labels, config.validation_fraction, config.seed)
     config.require_batch_fits(len(split.train))
-    # The training images in memory TensorFlow can take as it is (`fastconv.zero_copy`). The
-    # split's indices are in range once the images match the labels; take's default mode
-    # ("raise") would copy them through a buffer of its own: 0.2 s of fresh memory.
-    images = dataset.train_images
-    if len(images) != len(dataset.train_labels):
-        raise DataError(f"{len(images)} training images but {len(dataset.train_labels)} labels")
-    train_images = zero_copy.empty((len(split.train), *images.shape[1:]), images.dtype)
-    np.take(images, split.train, axis=0, out=train_images, mode="clip")
     return BookSplit(
-        train_images,
+        dataset.train_images[split.train],
         dataset.train_labels[split.train],
         dataset.train_images[split.validation],
         dataset.train_labels[split.validation],
         dataset.test_images,
         dataset.test_labels,
         dataset.source,
+        steps_per_epoch=len(split.train) // config.batch_size,
     )

@@ -18,9 +18,10 @@ from pathlib import Path
 import tensorflow as tf
 
 from fastconv.data import CLASS_NAMES, IMAGE_SIZE
-from fastconv.model import IMAGE_SHAPE, stock_conv_form
-from fastconv.prepared import Standardization
+from fastconv.model import IMAGE_SHAPE
+from fastconv.pipeline import Standardization
 from fastconv.rundir import RunFolderError, reason
+from fastconv.runtime import stock_conv_form
 from fastconv.trainer import Trainer
 
 SIGNATURE = "serving_default"

@@ -1,5 +1,10 @@
 """The outer loop of a run: blocks of compiled steps, and between them everything that needs
-the host (epoch ends, validation, checkpoints, summaries, progress, signals, divergence)."""
+the host (epoch ends, validation, checkpoints, summaries, progress, signals, divergence).
+
+On a terminal, each epoch gets a live bar (Keras's Progbar) with the latest loss and
+images/s, and training runs in blocks of about a twentieth of an epoch so the bar moves.
+Elsewhere (CI logs, pipes) each epoch is one line, and blocks stay whole epochs.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,15 @@ import math
 import time
 from collections.abc import Callable
 
+import keras
 import tensorflow as tf
 
-from fastconv import faults, progress
+from fastconv import faults
 from fastconv.checkpoints import Checkpoints, kept, resume_hint
 from fastconv.config import TrainConfig
 from fastconv.interruption import Interrupted, StopRequests, signal_name
 from fastconv.pipeline import Datasets
-from fastconv.profiling import Profiler
-from fastconv.summaries import Summaries
+from fastconv.summaries import Profiler, Summaries
 from fastconv.trainer import Trainer
 
 
@@ -78,10 +83,10 @@ class RunLoop:
         self.requests = requests
         self.steps_per_epoch = datasets.steps_per_epoch
         block_steps = config.steps_per_call or (
-            progress.live_block_steps(self.steps_per_epoch) if live else self.steps_per_epoch
+            live_block_steps(self.steps_per_epoch) if live else self.steps_per_epoch
         )
         self.steps_per_call = min(block_steps, self.steps_per_epoch)
-        self.bar = progress.EpochBar(self.steps_per_epoch) if live else None
+        self.bar = EpochBar(self.steps_per_epoch) if live else None
         self.profiler = Profiler(config.logdir, config.profile_steps)
         self.checkpoint = checkpoints.latest if checkpoints else None
         self.saved = False  # whether the last block ended with a checkpoint
@@ -202,3 +207,34 @@ def _interrupted_message(signal_number: int, step: int, steps_per_epoch: int) ->
         else f"in epoch {epoch + 1} after step {step_in_epoch} of {steps_per_epoch}"
     )
     return f"interrupted by {signal_name(signal_number)} {where}"
+
+
+UPDATES_PER_EPOCH = 20
+
+
+def live_block_steps(steps_per_epoch: int) -> int:
+    """Steps per block that update a live bar about UPDATES_PER_EPOCH times an epoch."""
+    return max(1, -(-steps_per_epoch // UPDATES_PER_EPOCH))
+
+
+class EpochBar:
+    """A live bar for one epoch at a time."""
+
+    def __init__(self, steps_per_epoch: int):
+        self.steps_per_epoch = steps_per_epoch
+        self._bar = None
+
+    def update(self, step_in_epoch: int, loss: float, images_per_second: float) -> None:
+        if self._bar is None:
+            self._bar = keras.utils.Progbar(
+                self.steps_per_epoch, stateful_metrics=["loss", "img/s"], unit_name="step"
+            )
+        values = [("loss", loss), ("img/s", images_per_second)]
+        # The last update is the epoch line's job; the bar stops one short and is cleared.
+        self._bar.update(min(step_in_epoch, self.steps_per_epoch - 1), values)
+
+    def clear(self) -> None:
+        """Wipes the bar's line, so the epoch's summary line takes its place."""
+        if self._bar is not None:
+            print("\r\033[2K", end="", flush=True)
+            self._bar = None

@@ -1,18 +1,18 @@
-"""The machine as a run finds it: its CPU (name, flags, cores), its free memory, its GPUs'
-details; and whether a network's training step fits it. `fastconv.runtime` decides from
-these.
+"""The machine as a run finds it: its CPU (name, flags, cores), its free memory, its GPUs
+(their details, the device `--device` names, the precision `auto` picks). `fastconv.runtime`
+decides from these.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
 
 import tensorflow as tf
 
-from fastconv.config import ConfigError, TrainConfig
-from fastconv.model import training_bytes
+from fastconv.config import ConfigError
 
 
 def cpu_name() -> str:
@@ -73,20 +73,7 @@ def device_description(device: str, gpus: list) -> DeviceDescription:
     return DeviceDescription("CPU", cpu_name(), cpu_flags=cpu_flags())
 
 
-def require_memory(config: TrainConfig) -> None:
-    """Refuses, before any work, a network whose training step cannot fit this machine's
-    free memory (rather than meet the out-of-memory killer minutes later)."""
-    needed = training_bytes(config.n_kernels, config.units, config.batch_size)
-    available = _meminfo_bytes("MemAvailable")
-    if available is not None and needed > available:
-        raise ConfigError(
-            f"--kernels {config.n_kernels} --units {config.units} --batch-size "
-            f"{config.batch_size}: a training step needs at least {needed / 2**30:.1f} GiB of "
-            f"memory; this machine has {available / 2**30:.1f} GiB available"
-        )
-
-
-def _meminfo_bytes(name: str) -> int | None:
+def meminfo_bytes(name: str) -> int | None:
     """A /proc/meminfo figure in bytes; None where there is none (not Linux)."""
     try:
         with open("/proc/meminfo") as meminfo:
@@ -96,3 +83,57 @@ def _meminfo_bytes(name: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def choose_precision(device: DeviceDescription) -> tuple[str, str]:
+    """The precision `auto` picks for `device`, and why.
+
+    float16 on GPUs with tensor cores (compute capability 7.0 and up), bfloat16 on CPUs with
+    bfloat16 units (AVX512_BF16 or AMX), where it trained faster than float32 to the same
+    accuracy (bench/RESULTS.md); float32, the book's numerics, otherwise.
+    """
+    if device.kind == "GPU":
+        if device.compute_capability and device.compute_capability >= (7, 0):
+            major, minor = device.compute_capability
+            return "mixed_float16", f"GPU of compute capability {major}.{minor} has tensor cores"
+        return "float32", "GPU without float16 tensor cores (compute capability < 7.0)"
+    bf16_units = sorted({"avx512_bf16", "amx_bf16"} & device.cpu_flags)
+    if bf16_units:
+        return "mixed_bfloat16", f"CPU has bfloat16 units ({', '.join(bf16_units)})"
+    return "float32", "CPU without bfloat16 units (no avx512_bf16 or amx_bf16)"
+
+
+class DeviceError(ConfigError):
+    """The machine lacks the device or the set-up a flag asks for."""
+
+
+def resolve_device(requested: str, gpu_count: int) -> str:
+    """The TensorFlow device that `--device` names on a machine with `gpu_count` GPUs.
+
+    "auto" is the first GPU, or the CPU without one; "gpu" is "gpu:0". A GPU that is not
+    there is an error, never a silent fall-back to the CPU.
+    """
+    if requested == "auto":
+        return "/GPU:0" if gpu_count else "/CPU:0"
+    if requested == "cpu":
+        return "/CPU:0"
+    index = 0 if requested == "gpu" else int(requested.removeprefix("gpu:"))
+    if gpu_count == 0:
+        raise DeviceError(f"--device {requested}: this machine has no GPU that TensorFlow can use")
+    if index >= gpu_count:
+        raise DeviceError(
+            f"--device {requested}: this machine has {gpu_count} GPU(s), gpu:0 to "
+            f"gpu:{gpu_count - 1}"
+        )
+    return f"/GPU:{index}"
+
+
+def prepare_gpus() -> list:
+    """Turns on memory growth on every GPU (TensorFlow would otherwise take all their memory
+    at start); returns them. Must run before TensorFlow uses a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        # Once TensorFlow has initialized the GPU, growth stays as it was set then.
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    return gpus

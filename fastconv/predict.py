@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv.cli import exit_promptly
 from fastconv.data import IMAGE_SIZE, DataError, read_idx
 from fastconv.importing import import_tensorflow
 
@@ -113,4 +112,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_entry() -> None:
     """The console script `fastconv-predict`, and scripts/predict.py."""
-    exit_promptly(main())
+    sys.exit(main())

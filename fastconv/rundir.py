@@ -1,7 +1,7 @@
 """The run folder (`--logdir`): where a run keeps everything it writes.
 
     runs/20261125-224501/
-      run.lock            held by the run while it lives (fastconv.lock): one run per folder
+      run.lock            held by the run while it lives (`RunLock`): one run per folder
       config.json         the resolved configuration (what `--resume` continues)
       environment.json    versions, device, and the settings resolved from the machine
       metrics.json        final losses, accuracies, speeds and times
@@ -12,6 +12,12 @@
 
 Every JSON file is written whole or not at all (a temporary file, then a rename), so a run
 killed at any moment never leaves half a file behind.
+
+One run per run folder: an advisory lock (`flock` on run.lock) is held for the run's whole
+life, taken before the run writes anything there. The kernel drops it when the process ends,
+however it ends (`kill -9` included), so a killed run leaves no stale lock behind. The file
+itself stays, empty: taking the lock writes nothing, so a resume refused after taking it
+leaves the folder exactly as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -26,7 +33,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fastconv.config import ConfigError
-from fastconv.lock import RunLock
 
 RUNS = Path("runs")
 CONFIG = "config.json"
@@ -34,6 +40,7 @@ ENVIRONMENT = "environment.json"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 PARTIAL = ".partial"
+LOCK = "run.lock"
 
 # The errors of a file that cannot be written where it should: the folder is missing, not a
 # folder, read-only, not ours, or full.
@@ -70,7 +77,7 @@ def claimed(logdir: str | os.PathLike) -> Iterator[Path]:
     """The run folder, made if need be and locked for as long as the block runs.
 
     The lock comes before anything else is written: a second run on the folder is refused
-    (`fastconv.lock.FolderInUse`) and leaves it as it was. A folder that cannot be made or
+    (`FolderInUse`) and leaves it as it was. A folder that cannot be made or
     written is a RunFolderError, before any work.
     """
     folder = Path(logdir)
@@ -146,3 +153,37 @@ def write_failure(error: BaseException) -> str | None:
         return error.strerror if error.errno in WRITE_ERRNOS else None
     text = str(error)
     return next((os.strerror(n) for n in WRITE_ERRNOS if os.strerror(n) in text), None)
+
+
+class FolderInUse(ConfigError):
+    """Another run holds the run folder."""
+
+
+class RunLock:
+    """The lock on a run folder; `acquire` takes it or raises FolderInUse, `release` drops it."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Takes the lock without waiting. Raises FolderInUse when another process (or
+        another run of this one) holds it; OSError when the file cannot be made."""
+        # O_CREAT on an existing file changes nothing: a refused run leaves the folder as it was.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderInUse(
+                f"{self.path.parent}: another run is using this run folder; wait for it to "
+                "end, or choose another --logdir"
+            ) from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing drops the lock
+            self._fd = None

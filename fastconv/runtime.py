@@ -12,20 +12,25 @@ import dataclasses
 import json
 import os
 import platform
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from fastconv import native
-from fastconv.config import ConfigError, TrainConfig
+from fastconv import native, rundir
+from fastconv.config import PRECISIONS, ConfigError, TrainConfig
+from fastconv.data import IMAGE_SIZE, NUM_CLASSES
 from fastconv.machine import (
-    DeviceDescription,
+    DeviceError,
+    choose_precision,
     cpu_cores,
     describe_device,
     device_description,
-    require_memory,
+    meminfo_bytes,
+    prepare_gpus,
+    resolve_device,
 )
-from fastconv.model import fastest_conv_form
+from fastconv.model import CONV_FORMS, KERNEL_SIZE, POOLED_SIZE
 
 
 def seed_everything(seed: int) -> None:
@@ -108,60 +113,6 @@ def describe_threads() -> str:
     return f"threads: {intra} per op, {inter} ops at once"
 
 
-def choose_precision(device: DeviceDescription) -> tuple[str, str]:
-    """The precision `auto` picks for `device`, and why.
-
-    float16 on GPUs with tensor cores (compute capability 7.0 and up), bfloat16 on CPUs with
-    bfloat16 units (AVX512_BF16 or AMX), where it trained faster than float32 to the same
-    accuracy (bench/RESULTS.md); float32, the book's numerics, otherwise.
-    """
-    if device.kind == "GPU":
-        if device.compute_capability and device.compute_capability >= (7, 0):
-            major, minor = device.compute_capability
-            return "mixed_float16", f"GPU of compute capability {major}.{minor} has tensor cores"
-        return "float32", "GPU without float16 tensor cores (compute capability < 7.0)"
-    bf16_units = sorted({"avx512_bf16", "amx_bf16"} & device.cpu_flags)
-    if bf16_units:
-        return "mixed_bfloat16", f"CPU has bfloat16 units ({', '.join(bf16_units)})"
-    return "float32", "CPU without bfloat16 units (no avx512_bf16 or amx_bf16)"
-
-
-class DeviceError(ConfigError):
-    """The machine lacks the device or the set-up a flag asks for."""
-
-
-def resolve_device(requested: str, gpu_count: int) -> str:
-    """The TensorFlow device that `--device` names on a machine with `gpu_count` GPUs.
-
-    "auto" is the first GPU, or the CPU without one; "gpu" is "gpu:0". A GPU that is not
-    there is an error, never a silent fall-back to the CPU.
-    """
-    if requested == "auto":
-        return "/GPU:0" if gpu_count else "/CPU:0"
-    if requested == "cpu":
-        return "/CPU:0"
-    index = 0 if requested == "gpu" else int(requested.removeprefix("gpu:"))
-    if gpu_count == 0:
-        raise DeviceError(f"--device {requested}: this machine has no GPU that TensorFlow can use")
-    if index >= gpu_count:
-        raise DeviceError(
-            f"--device {requested}: this machine has {gpu_count} GPU(s), gpu:0 to "
-            f"gpu:{gpu_count - 1}"
-        )
-    return f"/GPU:{index}"
-
-
-def prepare_gpus() -> list:
-    """Turns on memory growth on every GPU (TensorFlow would otherwise take all their memory
-    at start); returns them. Must run before TensorFlow uses a GPU."""
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        # Once TensorFlow has initialized the GPU, growth stays as it was set then.
-        with contextlib.suppress(RuntimeError):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    return gpus
-
-
 def make_strategy(name: str, on_gpu: bool) -> tf.distribute.Strategy | None:
     """The tf.distribute strategy of `--strategy`; None for "none" (one device, no wrapper).
 
@@ -193,6 +144,66 @@ def worker_index() -> int:
         return int(json.loads(os.environ.get("TF_CONFIG", "{}"))["task"]["index"])
     except (ValueError, KeyError, TypeError):
         return 0
+
+
+def fastest_conv_form(xla: bool, on_gpu: bool) -> str:
+    """The entry of `CONV_FORMS` that the engine runs fastest.
+
+    XLA compiles the window patches matmul well and its own convolution badly; a GPU runs the
+    book's `tf.nn` ops as cuDNN kernels; graph mode on a CPU is fastest with fastconv's fused
+    op, and where that cannot be built (`fastconv.native.unavailable`), with the batch as the
+    channels of a depthwise conv (bench/RESULTS.md has the measurements).
+    """
+    if xla:
+        return "window_patches"
+    if on_gpu:
+        return "nn"
+    return "batch_channels" if native.unavailable() else "fused"
+
+
+def usable_conv_form(conv_form: str, xla: bool = False) -> bool:
+    """Whether `conv_form` names a form that can run here (a form with an op of fastconv's
+    own needs the op built, and XLA cannot compile it)."""
+    form = CONV_FORMS.get(conv_form)
+    if form is None:
+        return False
+    return form.stock is None or not (xla or native.unavailable())
+
+
+def stock_conv_form(conv_form: str) -> str:
+    """`conv_form`, or where it uses an op of fastconv's own, the form of TensorFlow's ops
+    that computes the same function in the same layout."""
+    return CONV_FORMS[conv_form].stock or conv_form
+
+
+def require_memory(config: TrainConfig) -> None:
+    """Refuses, before any work, a network whose training step cannot fit this machine's
+    free memory (rather than meet the out-of-memory killer minutes later)."""
+    needed = training_bytes(config.n_kernels, config.units, config.batch_size)
+    available = meminfo_bytes("MemAvailable")
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"--kernels {config.n_kernels} --units {config.units} --batch-size "
+            f"{config.batch_size}: a training step needs at least {needed / 2**30:.1f} GiB of "
+            f"memory; this machine has {available / 2**30:.1f} GiB available"
+        )
+
+
+def training_bytes(n_kernels: int, units: int, batch_size: int) -> int:
+    """A lower bound of the memory one float32 training step takes, in bytes.
+
+    The variables four times over (weights, gradients, the shards' sum, the optimizer's
+    read), and per image the conv layer's activations, which dominate: its output and its
+    gradient (28*28*K each), the pooled features and theirs, the hidden layer and its.
+    """
+    variables = (
+        KERNEL_SIZE * KERNEL_SIZE * n_kernels
+        + n_kernels
+        + (POOLED_SIZE * POOLED_SIZE * n_kernels + 1) * units
+        + (units + 1) * NUM_CLASSES
+    )
+    per_image = 2 * (IMAGE_SIZE * IMAGE_SIZE * n_kernels + POOLED_SIZE * POOLED_SIZE * n_kernels)
+    return 4 * (4 * variables + batch_size * (per_image + 2 * units))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +266,7 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
     threads, precision and conv form. For a resumed run, `recorded` (valid settings of
     `RECORDED` and the replicas, as the run resolved them when it started) replaces the
     machine's choice, and a note says what differs. Listing and configuring the GPUs runs
-    no op, so the threads can still be set after (`start`)."""
+    no op, so the threads can still be set after (`set_up`)."""
     gpus = prepare_gpus()
     device = resolve_device(config.device, len(gpus))
     on_gpu = device.startswith("/GPU")
@@ -320,7 +331,7 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
     )
 
 
-def start(config: TrainConfig, recorded: dict | None = None) -> Placement:
+def set_up(config: TrainConfig, recorded: dict | None = None) -> Placement:
     """`place`, then the process set up as it says: threads, determinism, seeds."""
     placement = place(config, recorded)
     if not set_threads(placement.threads):  # only possible before TensorFlow's first op
@@ -330,3 +341,49 @@ def start(config: TrainConfig, recorded: dict | None = None) -> Placement:
         enable_determinism()
     seed_everything(config.seed)
     return placement
+
+
+def _counts(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_count(n) for n in value)
+
+
+def _count(value) -> bool:
+    return type(value) is int and value >= 1
+
+
+# What each recorded setting may be (`fastconv.runtime.Placement.record`), given the
+# resumed run's configuration: a form with fastconv's own op cannot run under --xla.
+_VALID = {
+    "shards": lambda value, config: _count(value),
+    "threads": lambda value, config: value is None or _counts(value),
+    "precision": lambda value, config: value in PRECISIONS and value != "auto",
+    "conv_form": lambda value, config: usable_conv_form(value, config.xla),
+    "replicas": lambda value, config: _count(value),
+}
+
+
+def recorded_settings(folder: Path, config: TrainConfig) -> tuple[dict | None, list[str]]:
+    """The settings the run resolved from its machine when it started, as
+    `fastconv.runtime.place` takes them, and a note for any that this version, this machine
+    or `config` cannot honour."""
+    record = rundir.recorded_placement(folder)
+    if record is None:
+        note = f"note: {folder} records no settings resolved from its machine; resolving them here"
+        return None, [note]
+    valid = {
+        name: record[name]
+        for name, ok in _VALID.items()
+        if name in record and ok(record[name], config)
+    }
+    if "conv_form" not in valid:  # the threads were chosen for the form's engine
+        valid.pop("threads", None)
+    if valid.get("threads"):
+        valid["threads"] = tuple(valid["threads"])
+    lost = [f"{name} {record.get(name)!r}" for name in _VALID if name not in valid]
+    notes = []
+    if lost:
+        notes.append(
+            f"warning: cannot resume with the run's {', '.join(lost)} (in "
+            f"{folder / rundir.ENVIRONMENT}); this machine's choice may compute differently"
+        )
+    return valid, notes

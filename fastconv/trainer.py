@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from fastconv.blocks import Block, Evaluation
-from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy, fastest_conv_form
+from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy
 from fastconv.optimizers import make_optimizer, weight_averages
 from fastconv.pipeline import EVALUATION_SET_SPEC, EvaluationSet
 
@@ -36,8 +36,8 @@ class Trainer:
         steps, with XLA (`jit_compile=True`). The loop around them drives a tf.data
         iterator, which XLA cannot compile; the shards' gradients are summed and applied in
         graph mode, so the shards' compiled clusters run side by side as graph mode's do.
-      conv_form: the `fastconv.model.CONV_FORMS` entry of the forpass (default: a CPU's
-        fastest for the engine; `make_trainer` passes the placement's).
+      conv_form: the `fastconv.model.CONV_FORMS` entry of the forpass: the book's ops by
+        default; `make_trainer` passes the placement's, the engine's fastest.
       shards: split each batch into this many equal shards, each with its own forward and
         backward pass of its loss divided by `shards`, and sum their gradients: the batch's
         mean gradient (to float32 rounding). Independent shards run on different cores at
@@ -59,7 +59,7 @@ class Trainer:
         optimizer: keras.optimizers.Optimizer | float,
         xla: bool = False,
         shards: int = 1,
-        conv_form: str | None = None,
+        conv_form: str = "nn",
         loss_scaling: bool = False,
         make_batch: Callable | None = None,
         step_summaries: tf.summary.SummaryWriter | None = None,
@@ -71,7 +71,7 @@ class Trainer:
         self.model = model
         self.xla = xla
         self.shards = shards
-        self.conv_form = conv_form or fastest_conv_form(xla, on_gpu=False)
+        self.conv_form = conv_form
         # Under a tf.distribute strategy (model and trainer built in its scope), each replica
         # steps on its share of the global batch; the optimizer sums the replicas' gradients,
         # so each replica's loss is divided by their number: the sum is the global mean's.

@@ -17,8 +17,7 @@ import time
 import tensorflow as tf
 
 from fastconv.config import TrainConfig
-from fastconv.model import fastest_conv_form
-from fastconv.runtime import Placement
+from fastconv.runtime import Placement, fastest_conv_form
 from fastconv.trainer import Trainer, make_trainer
 
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from helpers import synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, prepared
+from fastconv import data, pipeline
 from fastconv.augment import Augmentation
 from fastconv.config import TrainConfig
 from fastconv.model import ConvNet
@@ -80,9 +80,9 @@ def test_a_replicas_share_is_augmented_as_in_the_whole_batch():
 
 def test_batches_keep_their_shape_and_labels():
     images, labels = synthetic_images(100)
-    plain = pipeline.batch_maker(images, labels, prepared.Standardization())
+    plain = pipeline.batch_maker(images, labels, pipeline.Standardization())
     augmented = pipeline.batch_maker(
-        images, labels, prepared.Standardization(), Augmentation(seed=0, max_shift=2)
+        images, labels, pipeline.Standardization(), Augmentation(seed=0, max_shift=2)
     )
     indices = tf.constant([5, 17, 3, 99])
     (plain_images, plain_targets) = plain(indices)

@@ -8,7 +8,7 @@ from helpers import idx_bytes, synthetic_images, write_dataset, write_idx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastconv import cli, data, zero_copy
+from fastconv import cli, data
 from fastconv.config import TrainConfig
 
 
@@ -134,19 +134,19 @@ def test_without_download_nothing_found_is_data_not_found(no_default_dirs):
         data.load(download=False)
 
 
-def test_the_command_downloads_only_once_tensorflows_import_has_ended(no_default_dirs, monkeypatch):
-    """Keras's downloader imports TensorFlow, which the command imports in another thread:
-    the command first looks without downloading, and downloads after waiting for it."""
+def test_the_command_imports_tensorflow_quietly_before_it_downloads(no_default_dirs, monkeypatch):
+    """Keras's downloader imports TensorFlow: the command first looks without downloading,
+    and imports TensorFlow its own quiet way before it downloads."""
     mirror = write_dataset(no_default_dirs / "mirror")
     monkeypatch.setenv("FASHION_MNIST_ORIGIN", mirror.as_uri() + "/")
-    fetched_at_wait = []
-
-    class Importing:  # a TensorFlowImport: its wait() records what was fetched by then
-        def wait(self):
-            fetched_at_wait.append(sorted(data.KERAS_CACHE.glob("*")))
-
-    dataset = cli.read_data(TrainConfig(), Importing())
-    assert fetched_at_wait == [[]]  # waited once, before the first file was fetched
+    fetched_at_import = []
+    monkeypatch.setattr(
+        cli,
+        "import_tensorflow",
+        lambda: fetched_at_import.append(sorted(data.KERAS_CACHE.glob("*"))),
+    )
+    dataset = cli.read_data(TrainConfig())
+    assert fetched_at_import == [[]]  # imported once, before the first file was fetched
     assert dataset.source == data.KERAS_CACHE
     assert dataset.train_images.shape == (600, 28, 28)
 
@@ -179,9 +179,9 @@ def test_book_split_is_stratified_80_20(fashion_mnist):
     np.testing.assert_array_equal(np.sort(everything), np.arange(60000))
 
 
-def test_book_split_training_images_go_to_tensorflow_without_a_copy(fashion_mnist):
+def test_book_split_takes_the_stratified_training_images(fashion_mnist):
     split = data.book_split(fashion_mnist, TrainConfig())
-    assert zero_copy.shareable(split.train_images)
+    assert split.steps_per_epoch == 48000 // 128
     indices = data.stratified_split(fashion_mnist.train_labels).train
     np.testing.assert_array_equal(split.train_images, fashion_mnist.train_images[indices])
 

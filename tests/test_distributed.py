@@ -20,7 +20,7 @@ from helpers import (
     write_dataset,
 )
 
-from fastconv import data, pipeline, prepared, runtime
+from fastconv import data, pipeline, runtime
 from fastconv.config import TrainConfig
 from fastconv.model import ConvNet
 from fastconv.pipeline import make_datasets
@@ -89,7 +89,7 @@ def test_replica_streams_together_are_the_one_device_stream():
     def stream(chunks):
         labels = np.zeros(640, np.uint8)
         batches = pipeline.training_batches(
-            indexed_images(640), labels, 32, 5, prepared.Standardization(), 3, chunks
+            indexed_images(640), labels, 32, 5, pipeline.Standardization(), 3, chunks
         )
         return [indices_of(images) for images, _ in batches.take(8)]
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from helpers import run_script, write_dataset
 
-from fastconv import export, native, pipeline, prepared
+from fastconv import export, native, pipeline
 from fastconv.model import ConvNet, conv_relu_pool_nn
 from fastconv.trainer import Trainer
 
@@ -143,7 +143,7 @@ def test_a_failed_compile_names_the_error_and_leaves_nothing(empty_cache, monkey
 
 
 def test_a_cpu_without_avx512_is_told_so_and_nothing_is_built(empty_cache, monkeypatch):
-    monkeypatch.setattr(native, "_cpu_flags", lambda: {"sse4_2", "avx2", "fma"})
+    monkeypatch.setattr(native, "cpu_flags", lambda: {"sse4_2", "avx2", "fma"})
     with pytest.raises(native.NativeUnavailable, match=r"^this CPU has no AVX-512"):
         native.build()
     assert not empty_cache.exists()
@@ -196,10 +196,10 @@ def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_
         fashion_mnist.train_labels[:2048],
         64,
         0,
-        prepared.Standardization(),
+        pipeline.Standardization(),
     )
     trainer.train(iter(batches), tf.constant(32))
-    model = export.export(trainer, prepared.Standardization(), tmp_path / "model")
+    model = export.export(trainer, pipeline.Standardization(), tmp_path / "model")
     images = fashion_mnist.test_images[:50]
     np.save(tmp_path / "images.npy", images)
     script = (
@@ -211,6 +211,6 @@ def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_
     )
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert loaded.returncode == 0, loaded.stderr
-    standardized = prepared.Standardization()(tf.constant(images[..., None], tf.float32))
+    standardized = pipeline.Standardization()(tf.constant(images[..., None], tf.float32))
     expected = tf.nn.softmax(trainer.forpass(standardized)).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "loaded.npy"), expected, atol=1e-5)

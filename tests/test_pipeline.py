@@ -5,14 +5,14 @@ import pytest
 import tensorflow as tf
 from helpers import indexed_images, indices_of, synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, prepared, zero_copy
+from fastconv import data, pipeline
 from fastconv.config import ConfigError, TrainConfig
 
 
 def stream_of_indices(count=1000, batch_size=64, seed=3, start_step=0):
     labels = (np.arange(count) % 10).astype(np.uint8)
     return pipeline.training_batches(
-        indexed_images(count), labels, batch_size, seed, prepared.Standardization(), start_step
+        indexed_images(count), labels, batch_size, seed, pipeline.Standardization(), start_step
     )
 
 
@@ -26,7 +26,7 @@ def epochs_of_indices(count=1000, batch_size=64, seed=3, epochs=2, first_epoch=0
 def test_training_batches_have_static_shapes_and_book_values():
     images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
     labels = (np.arange(300) % 10).astype(np.uint8)
-    dataset = pipeline.training_batches(images, labels, 32, 0, prepared.Standardization())
+    dataset = pipeline.training_batches(images, labels, 32, 0, pipeline.Standardization())
     assert dataset.element_spec[0].shape == (32, 28, 28, 1)
     assert dataset.element_spec[1].shape == (32, 10)
     batch_images, targets = next(iter(dataset))
@@ -67,36 +67,15 @@ def test_a_stream_started_mid_epoch_continues_the_same_sequence():
 
 def test_zscore_standardizes_the_training_images():
     images = np.random.default_rng(1).integers(0, 200, (500, 28, 28), dtype=np.uint8)
-    standardize = prepared.Standardization.named("zscore", images)
+    standardize = pipeline.Standardization.named("zscore", images)
     standardized = standardize(tf.constant(images)).numpy().astype(np.float64)
     assert abs(standardized.mean()) < 1e-4
     assert abs(standardized.std() - 1) < 1e-4
 
 
-@pytest.mark.parametrize("kind", ["scale", "zscore"])
-def test_numpy_standardization_is_tensorflows_to_the_last_bit(kind):
-    # Every pixel value, and the statistics of real-looking images for zscore.
-    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
-    images = np.random.default_rng(2).integers(0, 256, (300, 28, 28), dtype=np.uint8)
-    standardize = prepared.Standardization.named(kind, images)
-    expected = standardize(tf.constant(pixels)).numpy()
-    out = np.empty(pixels.shape, np.float32)
-    standardize.into(out, pixels)
-    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
-
-
-def test_evaluation_set_holds_tensorflows_standardized_images(monkeypatch):
-    # Fresh memory filled with NaN: the padding is blank because it is written so.
-    empty = zero_copy.empty
-
-    def nan_filled(shape, dtype):
-        array = empty(shape, dtype)
-        array.fill(np.nan)
-        return array
-
-    monkeypatch.setattr(zero_copy, "empty", nan_filled)
+def test_evaluation_set_holds_standardized_images_and_blank_padding():
     images, labels = synthetic_images(250)
-    standardize = prepared.Standardization(mean=72.9, std=90.0)
+    standardize = pipeline.Standardization(mean=72.9, std=90.0)
     evaluation = pipeline.evaluation_set(images, labels, 100, standardize)
     flat = tf.reshape(evaluation.images, [-1, 28, 28, 1]).numpy()
     expected = standardize(tf.constant(images[..., None])).numpy()
@@ -107,36 +86,10 @@ def test_evaluation_set_holds_tensorflows_standardized_images(monkeypatch):
     assert not targets[250:].any() and targets[:250].sum() == 250
 
 
-def test_a_split_prepared_for_the_run_reaches_tensorflow_as_it_is():
-    config = TrainConfig(eval_batch_size=64)
-    ready = prepared.prepare(data.book_split(synthetic_dataset(), config), config)
-    assert prepared.prepare(ready, config) is ready  # already prepared for these settings
-    datasets = pipeline.make_datasets(ready, config, resident=True)
-    ready.validation.images[0, 0, 5, 5, 0] = 123.0  # seen through the tensor: no copy
-    ready.validation.targets[1, 2, 3] = 7.0
-    assert float(datasets.validation.images[0, 0, 5, 5, 0]) == 123.0
-    assert float(datasets.validation.targets[1, 2, 3]) == 7.0
-    ready.split.train_images[4, 5, 6] = 201  # the resident training images, too
-    batch, _ = datasets.make_batch(tf.constant([4]))
-    assert float(batch[0, 5, 6, 0]) == np.float32(201) / np.float32(255)
-
-
-def test_a_split_prepared_for_other_settings_is_prepared_again():
-    config = TrainConfig(eval_batch_size=64)
-    ready = prepared.prepare(data.book_split(synthetic_dataset(), config), config)
-    other = TrainConfig(eval_batch_size=50, standardize="zscore")
-    again = prepared.prepare(ready, other)
-    assert again.split is ready.split and again.settings == ("zscore", 50)
-    assert again.validation.images.shape[1] == 50 and again.standardize.mean > 0
-    datasets = pipeline.make_datasets(ready, other)
-    assert datasets.validation.images.shape[1] == 50
-    assert datasets.standardize == again.standardize
-
-
 def test_evaluation_set_covers_every_image_once_in_order_and_pads_with_nothing():
     images = indexed_images(2500)
     labels = (np.arange(2500) % 10).astype(np.uint8)
-    evaluation = pipeline.evaluation_set(images, labels, 1000, prepared.Standardization())
+    evaluation = pipeline.evaluation_set(images, labels, 1000, pipeline.Standardization())
     assert evaluation.images.shape == (3, 1000, 28, 28, 1)
     assert evaluation.targets.shape == (3, 1000, 10)
     flat_images = tf.reshape(evaluation.images, [-1, 28, 28, 1])
@@ -151,3 +104,14 @@ def test_batch_larger_than_the_training_split_is_refused():
     with pytest.raises(ConfigError, match="batch_size=81 is larger than the 80 training images"):
         data.book_split(dataset, TrainConfig(batch_size=81))
     assert len(data.book_split(dataset, TrainConfig(batch_size=80)).train_images) == 80
+
+
+def test_the_runs_evaluation_sets_follow_its_settings():
+    config = TrainConfig(eval_batch_size=50, standardize="zscore")
+    split = data.book_split(synthetic_dataset(), config)
+    datasets = pipeline.make_datasets(split, config)
+    # 600 training images split 480 / 120: the 120 in 3 batches of 50, the 100 tests in 2.
+    assert datasets.validation.images.shape == (3, 50, 28, 28, 1)
+    assert datasets.test.targets.shape == (2, 50, 10)
+    assert datasets.standardize == pipeline.Standardization.named("zscore", split.train_images)
+    assert datasets.steps_per_epoch == split.steps_per_epoch == 480 // 128

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from helpers import idx_bytes, run_script
 
-from fastconv import data, export, pipeline, prepared
+from fastconv import data, export, pipeline
 from fastconv.model import ConvNet
 from fastconv.trainer import Trainer
 
@@ -22,10 +22,10 @@ def model_dir(tmp_path_factory, fashion_mnist):
         fashion_mnist.train_labels[split.train],
         64,
         0,
-        prepared.Standardization(),
+        pipeline.Standardization(),
     )
     trainer.train(iter(batches), tf.constant(300))
-    return export.export(trainer, prepared.Standardization(), tmp_path_factory.mktemp("model"))
+    return export.export(trainer, pipeline.Standardization(), tmp_path_factory.mktemp("model"))
 
 
 def predictions(stdout: str) -> list[tuple[str, int, str, float]]:

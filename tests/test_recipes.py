@@ -12,10 +12,9 @@ import tensorflow as tf
 from helpers import checkpoint_values, run_script, start_script, synthetic_dataset
 from test_reliability import assert_bit_identical, wait_for_line
 
-from fastconv import cli, data, prepared
-from fastconv.config import ConfigError, TrainConfig
+from fastconv import cli, data, pipeline
+from fastconv.config import RECIPES, ConfigError, TrainConfig, describe_recipe
 from fastconv.model import CONV_FORMS
-from fastconv.recipes import RECIPES, describe_recipe
 from fastconv.run import train_and_evaluate
 
 
@@ -124,7 +123,7 @@ def test_the_export_predicts_what_the_trainer_evaluated_with_ema_and_tta(fashion
     result = train_and_evaluate(config, fashion_mnist, log=lambda _: None)
     trainer = result.trainer
     split = data.book_split(fashion_mnist, config)
-    standardize = prepared.Standardization.named("zscore", split.train_images)
+    standardize = pipeline.Standardization.named("zscore", split.train_images)
     images = standardize(fashion_mnist.test_images[..., None])
     logits = trainer.forpass(images).numpy()
     loaded = tf.saved_model.load(config.export_dir)

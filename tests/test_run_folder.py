@@ -33,9 +33,9 @@ from helpers import synthetic_dataset
 from fastconv import checkpoints, cli, export, rundir, runtime
 from fastconv.checkpoints import NothingToResume
 from fastconv.config import TrainConfig
-from fastconv.resume import recorded_settings
 from fastconv.run import train_and_evaluate
 from fastconv.rundir import RunFolderError
+from fastconv.runtime import recorded_settings
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +256,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_taken(finished,
     assert len(start.run_state["history"]) == 1
     (note,) = start.notes
     assert note.startswith(f"warning: checkpoint {directory / 'ckpt-100'} is damaged (")
-    checkpoints.prepare(directory, start)
+    checkpoints.discard_uncommitted(directory, start)
     assert tf.train.latest_checkpoint(str(directory)) == str(directory / "ckpt-50")
 
 
@@ -273,7 +273,7 @@ def test_a_lost_index_file_is_rebuilt_from_the_checkpoints_present(finished, tmp
         f"note: {directory / 'checkpoint'} is missing or unreadable; it will be rebuilt from the "
         "checkpoints present (ckpt-50, ckpt-100)",
     )
-    checkpoints.prepare(directory, start)
+    checkpoints.discard_uncommitted(directory, start)
     state = tf.train.get_checkpoint_state(str(directory))
     assert state.model_checkpoint_path == str(directory / "ckpt-100")
     assert list(state.all_model_checkpoint_paths) == [

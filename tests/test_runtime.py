@@ -6,7 +6,8 @@ import pytest
 
 from fastconv import native, runtime
 from fastconv.config import ConfigError, TrainConfig
-from fastconv.model import fastest_conv_form, usable_conv_form
+from fastconv.machine import DeviceDescription
+from fastconv.runtime import fastest_conv_form, usable_conv_form
 
 
 @pytest.fixture
@@ -80,11 +81,9 @@ def machine(monkeypatch, cores):
             runtime,
             "device_description",
             lambda device, listed: (
-                runtime.DeviceDescription("GPU", "Fake", compute_capability)
+                DeviceDescription("GPU", "Fake", compute_capability)
                 if device.startswith("/GPU")
-                else runtime.DeviceDescription(
-                    "CPU", "Fake CPU", cpu_flags=frozenset({"avx512_bf16"})
-                )
+                else DeviceDescription("CPU", "Fake CPU", cpu_flags=frozenset({"avx512_bf16"}))
             ),
         )
 

@@ -12,8 +12,8 @@ from test_precision import CONV_OP_TYPES
 
 from fastconv import runtime
 from fastconv.config import TrainConfig
-from fastconv.profiling import Profiler
 from fastconv.run import train_and_evaluate
+from fastconv.summaries import Profiler
 
 EPOCHS, STEPS_PER_EPOCH, LOG_EVERY = 3, 15, 10  # 480 synthetic training images, batches of 32
 PROFILED = (20, 24)

@@ -1,22 +1,20 @@
 """The compiled trainer: XLA and graph agree, SGD is SGD, nothing retraces, loss falls."""
 
-import collections
-import contextlib
 import dataclasses
 import re
-import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, prepared, run, runtime, xla_probe
+from fastconv import data, pipeline, run, runtime, xla_probe
 from fastconv.config import TrainConfig
 from fastconv.loop import TrainingDiverged
-from fastconv.model import ConvNet, cross_entropy, fastest_conv_form
+from fastconv.model import ConvNet, cross_entropy
 from fastconv.pipeline import make_datasets
 from fastconv.run import compile_trainer, train_and_evaluate
+from fastconv.runtime import fastest_conv_form
 from fastconv.trainer import Trainer, make_trainer
 from fastconv.xla_probe import block_seconds, xla_speed_ratio
 
@@ -97,7 +95,7 @@ def test_train_step_is_plain_sgd_on_the_book_loss():
 def test_nothing_retraces_after_the_first_epoch(xla):
     images, labels = synthetic_images(640)
     trainer = Trainer(ConvNet(seed=0), 0.01, xla=xla)
-    standardize = prepared.Standardization()
+    standardize = pipeline.Standardization()
     iterator = iter(pipeline.training_batches(images, labels, 32, 0, standardize))
 
     def evaluation(count):
@@ -112,78 +110,6 @@ def test_nothing_retraces_after_the_first_epoch(xla):
         trainer.evaluate(evaluation(count))
         trainer.predict_step(tf.constant(images[:count, ..., None], tf.float32))
     assert trainer.trace_count() == traced
-
-
-def test_the_warm_up_step_in_its_own_thread_runs_in_the_runs_device_scope():
-    """A device scope belongs to the thread that entered it: the training loop's warm-up
-    step, run in a thread while the evaluation compiles in this one, enters the run's scope
-    itself (on a GPU, the call compiles for the device it runs on)."""
-    config = TrainConfig(batch_size=32)
-    split = data.book_split(synthetic_dataset(), config)
-    datasets = make_datasets(split, config)
-    trainer = make_trainer(config, runtime.place(config), datasets.make_batch)
-    scopes = []  # the scope's entries and exits, in order
-
-    @contextlib.contextmanager
-    def device_scope():
-        scopes.append(("enter", threading.current_thread()))
-        yield
-        scopes.append(("exit", threading.current_thread()))
-
-    train, calls = trainer.train, []
-
-    def train_recorded(iterator, num_steps):
-        calls.append((list(scopes), threading.current_thread()))
-        return train(iterator, num_steps)
-
-    train_recorded.get_concrete_function = train.get_concrete_function  # the trace, here
-    trainer.train = train_recorded
-    compile_trainer(trainer, datasets, False, device_scope)
-    ((scopes_then, thread),) = calls
-    main = threading.main_thread()
-    assert thread is not main
-    assert scopes_then == [("enter", main), ("enter", thread)]
-    assert scopes == [("enter", main), ("enter", thread), ("exit", thread), ("exit", main)]
-    assert train.experimental_get_tracing_count() == 1  # the thread's call found the trace
-    assert trainer.steps_done == 0  # and the step undone
-
-
-def test_the_test_set_is_evaluated_in_its_own_thread_in_the_runs_device_scope(monkeypatch):
-    """The final evaluation runs in a thread while the curves are drawn, and enters the
-    run's device scope itself there; the validation passes run in the run's own thread."""
-    inside = collections.Counter()  # per thread, the run's device scopes it is in now
-    scope = runtime.Placement.device_scope
-
-    @contextlib.contextmanager
-    def device_scope(placement):
-        with scope(placement):
-            inside[threading.current_thread()] += 1
-            try:
-                yield
-            finally:
-                inside[threading.current_thread()] -= 1
-
-    calls = []  # (thread, whether that thread was in the scope)
-
-    def recorded(*args, **kwargs):
-        trainer = make_trainer(*args, **kwargs)
-        evaluate = trainer.evaluate
-
-        def evaluate_recorded(evaluation):
-            calls.append((threading.current_thread(), inside[threading.current_thread()] > 0))
-            return evaluate(evaluation)
-
-        trainer.evaluate = evaluate_recorded
-        return trainer
-
-    monkeypatch.setattr(runtime.Placement, "device_scope", device_scope)
-    monkeypatch.setattr(run, "make_trainer", recorded)
-    config = TrainConfig(epochs=2, batch_size=32)
-    train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
-    main = threading.main_thread()
-    *validations, (test_thread, test_in_scope) = calls[1:]  # after the compile's
-    assert validations == [(main, True)] * 2
-    assert test_thread is not main and test_in_scope
 
 
 def test_compile_warm_up_leaves_no_trace_in_the_run(monkeypatch):
@@ -275,10 +201,10 @@ def test_blocks_of_any_length_train_on_the_batches_of_single_steps(resident):
 def test_a_block_of_no_steps_is_refused_and_pulls_nothing():
     images, labels = synthetic_images(640)
     trainer = Trainer(ConvNet(seed=0), 0.05)
-    iterator = iter(pipeline.training_batches(images, labels, 32, 0, prepared.IDENTITY))
+    iterator = iter(pipeline.training_batches(images, labels, 32, 0, pipeline.IDENTITY))
     with pytest.raises(tf.errors.InvalidArgumentError, match="at least one step"):
         trainer.train(iterator, tf.constant(0))
-    expected = next(iter(pipeline.training_batches(images, labels, 32, 0, prepared.IDENTITY)))
+    expected = next(iter(pipeline.training_batches(images, labels, 32, 0, pipeline.IDENTITY)))
     np.testing.assert_array_equal(next(iterator)[0].numpy(), expected[0].numpy())
     assert int(trainer.step) == 0
 
@@ -286,7 +212,7 @@ def test_a_block_of_no_steps_is_refused_and_pulls_nothing():
 def test_a_block_stops_at_its_first_non_finite_step():
     trainer = Trainer(ConvNet(seed=0), 1e10)
     images, labels = synthetic_images(640)
-    iterator = iter(pipeline.training_batches(images, labels, 32, 0, prepared.IDENTITY))
+    iterator = iter(pipeline.training_batches(images, labels, 32, 0, pipeline.IDENTITY))
     block = trainer.train(iterator, tf.constant(20))
     assert not bool(block.finite)
     assert 1 <= int(block.steps) < 20
@@ -295,7 +221,7 @@ def test_a_block_stops_at_its_first_non_finite_step():
 
 def test_loss_falls_on_real_data(fashion_mnist):
     split = data.stratified_split(fashion_mnist.train_labels)
-    standardize = prepared.Standardization()
+    standardize = pipeline.Standardization()
     iterator = iter(
         pipeline.training_batches(
             fashion_mnist.train_images[split.train],

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from fastconv.machine import cpu_flags
+
 SOURCES = Path(__file__).parent
 SOURCE_FILES = ("ops.cc", "conv_relu_pool.h")
 LIBRARY = "fastconv_ops.so"
@@ -57,13 +59,6 @@ def compiler() -> str:
     raise NativeUnavailable("no C++ compiler found (looked for $CXX, c++, g++)")
 
 
-def _cpu_flags() -> frozenset[str]:
-    # Imported here: fastconv.machine imports the model, which imports this module.
-    from fastconv.machine import cpu_flags
-
-    return cpu_flags()
-
-
 @functools.cache
 def _accepts(cxx: str, flag: str) -> bool:
     """Whether the compiler knows `flag` (GCC 11 and older do not know -mno-avx512fp16)."""
@@ -76,7 +71,7 @@ FLAGS = ("-shared", "-fPIC", "-O3", "-march=native", "-w")
 
 def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
     flags = list(FLAGS)
-    if "avx512_fp16" in _cpu_flags() and _accepts(cxx, "-mno-avx512fp16"):
+    if "avx512_fp16" in cpu_flags() and _accepts(cxx, "-mno-avx512fp16"):
         # Eigen's AVX512-FP16 code in TensorFlow's headers does not compile with GCC 12
         # (older GCCs do not enable it); the op computes in float32 and needs none of it.
         flags.append("-mno-avx512fp16")
@@ -99,7 +94,7 @@ def _build_key(cxx: str) -> str:
     for name in SOURCE_FILES:
         digest.update(name.encode() + (SOURCES / name).read_bytes())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    cpu = " ".join(sorted(_cpu_flags()))
+    cpu = " ".join(sorted(cpu_flags()))
     flags = [*FLAGS, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     digest.update("\0".join([cxx, *flags, version, tf.__version__, cpu]).encode())
     return digest.hexdigest()[:16]
@@ -108,7 +103,7 @@ def _build_key(cxx: str) -> str:
 def build(verbose: bool = False) -> Path:
     """The compiled library, built now unless the cache has it; NativeUnavailable if this
     CPU lacks AVX-512 or the compiler fails (its first error line in the message)."""
-    if "avx512f" not in _cpu_flags():
+    if "avx512f" not in cpu_flags():
         # Without it GCC splits each 16-lane vector and the op ran 10x slower than with it,
         # slower than TensorFlow's ops.
         raise NativeUnavailable("this CPU has no AVX-512, which the op needs to be fast")

@@ -2,6 +2,10 @@
 
 import sys
 
-from fastconv.native import main
+from fastconv.importing import import_tensorflow
+
+import_tensorflow()  # quietly, before fastconv.native imports it
+
+from fastconv.native import main  # noqa: E402
 
 sys.exit(main())
