@@ -42,11 +42,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 class ConfigError(ValueError):
-    """A configuration field holds a value the trainer cannot run with.
-
-    An error about one setting's value (`invalid`) keeps the field, the value and what the
-    value must be, so the command line can say it of the flag.
-    """
+    """A configuration the trainer cannot run with. An error about one setting's value
+    (`invalid`) keeps the field, the value and its requirement, for the flag's message."""
 
     field: str | None = None
     value: Any = None
@@ -71,8 +68,7 @@ class Flag:
       choices: the values allowed, as the parser lists them.
       default_help: the default as the help states it, when the value itself says little.
       metavar: the value's name in the help.
-      resumable: a resumed run may change it (it ends, reads, writes or reports, but takes
-        no part in the arithmetic).
+      resumable: a resumed run may change it (it takes no part in the arithmetic).
     """
 
     help: str | Callable[[], str]  # a callable makes it when asked (see `help_text`)
@@ -94,16 +90,14 @@ class Flag:
             raise ConfigError.invalid(field, value, self.requirement)
 
 
-def setting(default, help: str, **flag) -> Any:
-    """A TrainConfig field with its default and its `Flag`."""
+def setting(default, help: str, **flag) -> Any:  # a TrainConfig field and its `Flag`
     return dataclasses.field(default=default, metadata={"flag": Flag(help, **flag)})
 
 
-def _positive(value) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value) and value > 0
-
-
-POSITIVE = {"check": _positive, "requirement": "must be a positive number"}
+POSITIVE = {
+    "check": lambda value: isinstance(value, int | float) and math.isfinite(value) and value > 0,
+    "requirement": "must be a positive number",
+}
 
 
 def _one_of(choices: tuple) -> dict:
@@ -111,15 +105,13 @@ def _one_of(choices: tuple) -> dict:
     return {"choices": choices, "check": choices.__contains__, "requirement": requirement}
 
 
-def _fraction(value) -> bool:
-    return isinstance(value, int | float) and 0 <= value < 1
-
-
-FRACTION = {"check": _fraction, "requirement": "must lie in [0, 1)"}
+FRACTION = {
+    "check": lambda value: isinstance(value, int | float) and 0 <= value < 1,
+    "requirement": "must lie in [0, 1)",
+}
 
 
 def parse_step_range(text: str) -> tuple[int, int]:
-    """'START,STOP' -> (START, STOP)."""
     try:
         first, last = (int(part) for part in text.split(","))
     except ValueError:
@@ -131,15 +123,13 @@ def parse_step_range(text: str) -> tuple[int, int]:
 class TrainConfig:
     """Everything a training run needs; the defaults reproduce the book's run (chapter 08-4).
 
-    Each field's `Flag` (in its metadata) documents it; `--help` prints the same text.
-    `recipe` only records which of `RECIPES` the settings started from: `from_recipe` builds
-    a configuration from a recipe's settings.
+    Each field's `Flag` (in its metadata) documents it, as `--help` does. `recipe` records
+    which of `RECIPES` the settings started from (`from_recipe`).
     """
 
     recipe: str = setting(
         "book",
-        # Made when asked: it names the flags of the fields, defined below.
-        lambda: (
+        lambda: (  # made when asked: it names the flags of the fields, defined below
             "the settings a run starts from, each overridden by a flag given beside it: "
             + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES)
         ),
@@ -334,8 +324,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def require_batch_fits(self, train_size: int) -> None:
-        """The one check that a batch fits the training set (each epoch drops its remainder,
-        so a larger batch would make epochs of no steps)."""
+        """A batch fits the training set (epochs drop their remainder: none would be left)."""
         if self.batch_size > train_size:
             raise ConfigError.invalid(
                 "batch_size", self.batch_size, f"is larger than the {train_size} training images"

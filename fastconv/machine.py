@@ -1,12 +1,13 @@
 """The machine as a run finds it: its CPU (name, flags, cores), its free memory, its GPUs
-(their details, the device `--device` names, the precision `auto` picks). `fastconv.runtime`
-decides from these.
+(their details, the device `--device` names, the precision `auto` picks), the machines of a
+strategy. `fastconv.runtime` decides from these.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 
@@ -137,3 +138,38 @@ def prepare_gpus() -> list:
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
     return gpus
+
+
+def make_strategy(name: str, on_gpu: bool) -> tf.distribute.Strategy | None:
+    """The tf.distribute strategy of `--strategy`; None for "none" (one device, no wrapper).
+
+    "mirrored" replicates over the machine's GPUs when the run is on a GPU, else over its
+    (logical) CPUs; "multi-worker" over the workers that TF_CONFIG lists, as TensorFlow
+    documents: {"cluster": {"worker": ["host1:port", ...]}, "task": {"type": "worker",
+    "index": i}}.
+    """
+    if name == "none":
+        return None
+    if name == "mirrored":
+        kind = "GPU" if on_gpu else "CPU"
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices(kind)]
+        )
+    cluster = os.environ.get("TF_CONFIG")
+    if not cluster:
+        raise DeviceError(
+            "--strategy multi-worker: TF_CONFIG is not set (see docs/usage.md, Multi-worker)"
+        )
+    try:
+        json.loads(cluster)["cluster"]["worker"]
+    except (ValueError, KeyError, TypeError):
+        raise DeviceError(f"--strategy multi-worker: TF_CONFIG is not valid: {cluster}") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def worker_index() -> int:
+    """This process's index among the workers of a multi-worker run (0 is the chief)."""
+    try:
+        return int(json.loads(os.environ.get("TF_CONFIG", "{}"))["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        return 0

@@ -1,16 +1,13 @@
 """The process around the graph, resolved once: `place(config)` turns the configuration and
 the machine into a frozen `Placement` (device, strategy, shards, threads, precision, conv
-form) that the modules below read and never re-derive. The helpers it uses (devices and
-strategies, precision, threads, seeds, versions) live here too; what the machine is (its
-CPU, memory and GPUs' details) lives in `fastconv.machine`.
+engine) that the modules below read and never re-derive. What the machine is (its CPU,
+memory, GPUs, workers) lives in `fastconv.machine`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
 import platform
 from pathlib import Path
 
@@ -21,11 +18,11 @@ from fastconv import native, rundir
 from fastconv.config import PRECISIONS, ConfigError, TrainConfig
 from fastconv.data import IMAGE_SIZE, NUM_CLASSES
 from fastconv.machine import (
-    DeviceError,
     choose_precision,
     cpu_cores,
     describe_device,
     device_description,
+    make_strategy,
     meminfo_bytes,
     prepare_gpus,
     resolve_device,
@@ -57,10 +54,9 @@ def versions() -> dict[str, str]:
 def auto_shards(batch_size: int, on_gpu: bool) -> int:
     """Shards per step when the user names none: 2 on a multi-core CPU when the batch splits.
 
-    One batch's step is a chain of small ops that one core cannot keep another busy with;
-    two independent shards, one thread each, keep both cores working. Larger batches keep
-    two shards: more, smaller shards were no faster at 256 and 512 (bench/RESULTS.md). A GPU
-    runs one batch as one.
+    One batch's step is a chain of small ops that leaves a second core idle; two independent
+    shards, one thread each, keep both working (more were no faster, bench/RESULTS.md). A
+    GPU runs one batch as one.
     """
     if on_gpu or cpu_cores() < 2 or batch_size % 2:
         return 1
@@ -72,10 +68,9 @@ def thread_counts(shards: int, on_gpu: bool, *, xla: bool) -> tuple[int, int] | 
 
     With shards, each op gets cores // shards threads and up to `shards` ops run at once
     (never more than the cores), so the shards proceed side by side. Under XLA each shard's
-    compiled cluster is one such op, but XLA's CPU runtime runs a cluster whose parts do not
-    form one chain on the intra-op pool, which the shards' clusters share: with one thread
-    there the two shards took turns on it (with `window_patches`, whose cluster is such, a
-    step took 1.5-2x as long; bench/RESULTS.md), so XLA gets every core.
+    compiled cluster is one such op, but XLA's CPU runtime runs a cluster's parallel parts
+    on the intra-op pool, which the shards' clusters share: with one thread there the shards
+    took turns on it (bench/RESULTS.md), so XLA gets every core.
     """
     if shards == 1 or on_gpu:
         return None
@@ -113,39 +108,6 @@ def describe_threads() -> str:
     return f"threads: {intra} per op, {inter} ops at once"
 
 
-def make_strategy(name: str, on_gpu: bool) -> tf.distribute.Strategy | None:
-    """The tf.distribute strategy of `--strategy`; None for "none" (one device, no wrapper).
-
-    "mirrored" replicates over the machine's GPUs when the run is on a GPU, else over its
-    (logical) CPUs; "multi-worker" over the workers that TF_CONFIG lists, as TensorFlow
-    documents: {"cluster": {"worker": ["host1:port", ...]}, "task": {"type": "worker",
-    "index": i}}.
-    """
-    if name == "none":
-        return None
-    if name == "mirrored":
-        kind = "GPU" if on_gpu else "CPU"
-        return tf.distribute.MirroredStrategy(
-            [d.name for d in tf.config.list_logical_devices(kind)]
-        )
-    cluster = os.environ.get("TF_CONFIG")
-    if not cluster:
-        raise DeviceError("--strategy multi-worker: TF_CONFIG is not set (see the README)")
-    try:
-        json.loads(cluster)["cluster"]["worker"]
-    except (ValueError, KeyError, TypeError):
-        raise DeviceError(f"--strategy multi-worker: TF_CONFIG is not valid: {cluster}") from None
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-def worker_index() -> int:
-    """This process's index among the workers of a multi-worker run (0 is the chief)."""
-    try:
-        return int(json.loads(os.environ.get("TF_CONFIG", "{}"))["task"]["index"])
-    except (ValueError, KeyError, TypeError):
-        return 0
-
-
 def fastest_conv_form(xla: bool, on_gpu: bool) -> str:
     """The entry of `CONV_FORMS` that the engine runs fastest.
 
@@ -177,8 +139,7 @@ def stock_conv_form(conv_form: str) -> str:
 
 
 def require_memory(config: TrainConfig) -> None:
-    """Refuses, before any work, a network whose training step cannot fit this machine's
-    free memory (rather than meet the out-of-memory killer minutes later)."""
+    """Refuses, before any work, a step that cannot fit this machine's free memory."""
     needed = training_bytes(config.n_kernels, config.units, config.batch_size)
     available = meminfo_bytes("MemAvailable")
     if available is not None and needed > available:
@@ -310,7 +271,7 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
             + ", ".join(f"{name} {machine[name]}" for name in differ)
             + ")"
         )
-    why_not_fused = native.unavailable() if machine["conv_form"] == "batch_channels" else None
+    why_not_fused = None if config.xla or on_gpu else native.unavailable()
     if why_not_fused:
         notes.append(
             f"note: fastconv's fused conv op is not available ({why_not_fused}); the first "

@@ -33,18 +33,14 @@ class Trainer:
       optimizer: a Keras optimizer, not yet built (`fastconv.optimizers.make_optimizer`);
         a number is the learning rate of plain SGD, the book's optimizer.
       xla: compile each shard's forward and backward pass, and the evaluation and prediction
-        steps, with XLA (`jit_compile=True`). The loop around them drives a tf.data
-        iterator, which XLA cannot compile; the shards' gradients are summed and applied in
-        graph mode, so the shards' compiled clusters run side by side as graph mode's do.
+        steps, with XLA. The loop around them drives a tf.data iterator, which XLA cannot
+        compile; the shards' gradients are summed and applied in graph mode.
       conv_form: the `fastconv.model.CONV_FORMS` entry of the forpass: the book's ops by
         default; `make_trainer` passes the placement's, the engine's fastest.
       shards: split each batch into this many equal shards, each with its own forward and
         backward pass of its loss divided by `shards`, and sum their gradients: the batch's
-        mean gradient (to float32 rounding). Independent shards run on different cores at
-        once, where one batch's chain of small ops would leave cores idle.
-      loss_scaling: wrap the optimizer in Keras's `LossScaleOptimizer` (for `mixed_float16`):
-        the loss is scaled before differentiation, the gradients unscaled before the update,
-        and a step whose gradients are not finite is skipped while the scale is halved.
+        mean gradient, with the shards on different cores at once.
+      loss_scaling: wrap the optimizer in Keras's `LossScaleOptimizer` (`mixed_float16`).
       make_batch: when the iterator yields index rows of images resident on the device
         (`fastconv.pipeline.batch_maker`), gathers each batch inside the loop; else None.
       step_summaries, log_every: the writer the step loss goes to every `log_every` steps.
@@ -98,23 +94,24 @@ class Trainer:
         self.log_every = log_every
         self.recording = tf.Variable(True, trainable=False, name="recording")
         self.make_batch = make_batch
-        # No AutoGraph: the steps hold no control flow on tensors and the two loops are
-        # written as tf.while_loop; converting the code, with the Keras code it calls, was
-        # most of the compile time (1.3 of 1.6 s of tracing).
-        self.shard_gradients = tf.function(self._shard_gradients, jit_compile=xla, autograph=False)
-        self.train_step = tf.function(self._train_step, autograph=False)
-        self.eval_step = tf.function(self._eval_step, jit_compile=xla, autograph=False)
+        # Each method below is replaced by its compiled form, under its own name. No
+        # AutoGraph: the steps hold no control flow on tensors and the two loops are
+        # written as tf.while_loop; converting them, with Keras's code, was most of the
+        # tracing time.
+        self.shard_gradients = tf.function(self.shard_gradients, jit_compile=xla, autograph=False)
+        self.train_step = tf.function(self.train_step, autograph=False)
+        self.eval_step = tf.function(self.eval_step, jit_compile=xla, autograph=False)
         # Prediction takes arrays of any length: one trace with a free batch dimension.
         self.predict_step = tf.function(
-            self._predict_step,
+            self.predict_step,
             jit_compile=xla,
             autograph=False,
             input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)],
         )
-        self.train = tf.function(self._train, autograph=False)
-        self.train_one_step = tf.function(self._train_one_step, autograph=False)
+        self.train = tf.function(self.train, autograph=False)
+        self.train_one_step = tf.function(self.train_one_step, autograph=False)
         self.evaluate = tf.function(
-            self._evaluate, autograph=False, input_signature=[EVALUATION_SET_SPEC]
+            self.evaluate, autograph=False, input_signature=[EVALUATION_SET_SPEC]
         )
 
     @property
@@ -124,10 +121,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def state_restored(self):
-        """Runs the block, then puts every variable of the trainer back as it was.
-
-        Step summaries are off meanwhile: the steps it undoes must not show in TensorBoard.
-        """
+        """Runs the block, then puts every variable back; no step summaries meanwhile."""
         snapshot = [v.numpy() for v in self.variables]
         self.recording.assign(False)
         try:
@@ -143,15 +137,12 @@ class Trainer:
         return int(self.step.numpy())
 
     def learning_rate(self) -> float:
-        """The learning rate of the next step, read on the host (as a tensor first: under a
-        strategy it is a mirrored variable's value)."""
+        """The next step's learning rate on the host (a mirrored value under a strategy)."""
         return float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
 
     def forpass(self, images, conv_form: str | None = None):
-        """Logits of the images as the trainer evaluates, predicts and exports them: the
-        trainer's conv form (or `conv_form`) and precision, the evaluated weights (the moving
-        averages under --ema) and, with `tta`, the mean of the logits of the images and of
-        their mirrors."""
+        """Logits as the trainer evaluates, predicts and exports them: its conv form (or
+        `conv_form`), the evaluated weights (--ema's averages), with `tta` mirrors too."""
         conv_form = conv_form or self.conv_form
         if not self.tta:
             return self.model.forpass(images, conv_form, self.evaluated_weights)
@@ -160,12 +151,9 @@ class Trainer:
         plain, mirrored = tf.split(logits, 2)
         return (plain + mirrored) / 2
 
-    def _train_step(self, images, targets):
-        """One optimizer step on a batch; returns its mean loss and correct predictions.
-
-        The loss is the one computed for the update (before it), not the book's second
-        forward pass after it: the same information for half the forward work.
-        """
+    def train_step(self, images, targets):
+        """One optimizer step on a batch; returns its mean loss (computed for the update,
+        not the book's second forward pass after it) and correct predictions."""
         shards = self._split(images, targets)
         # Each shard's loss is divided by the number of shards and of replicas, so that the
         # sum of all their gradients is the gradient of the global batch's mean loss.
@@ -176,7 +164,7 @@ class Trainer:
         # Equal shards: the mean of their means is the batch mean.
         return tf.add_n(losses) / len(losses), tf.add_n(correct)
 
-    def _shard_gradients(self, images, targets, parts: int):
+    def shard_gradients(self, images, targets, parts: int):
         """A shard's mean loss, the gradients of that loss divided by `parts`, and its number
         of correct predictions (under loss scaling, the gradients are of the scaled loss)."""
         with tf.GradientTape() as tape:
@@ -187,24 +175,20 @@ class Trainer:
                 scaled_loss = self.optimizer.scale_loss(scaled_loss)
         return loss, tape.gradient(scaled_loss, self.model.weights), _count_correct(targets, logits)
 
-    def _eval_step(self, images, targets):
+    def eval_step(self, images, targets):
         """Sum of losses and the confusion matrix (true class, predicted class) on a batch
         of any size; rows without a target (padding) count in neither."""
         logits = self._sharded_forpass(images)
         losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-        # Counts of (true class, predicted class): the one-hot targets against the one-hot
-        # predictions, one small matmul (tf.math.confusion_matrix traced ~10x the ops).
+        # Counts of (true class, predicted class) as one small matmul of one-hot rows
+        # (tf.math.confusion_matrix traced many more ops).
         predicted = tf.one_hot(tf.argmax(logits, axis=1), targets.shape[-1])
         confusion = tf.matmul(targets, predicted, transpose_a=True)
         return tf.reduce_sum(losses), confusion
 
     def _sharded_forpass(self, images):
-        """The logits of a batch whose size may be unknown when traced, computed in shards.
-
-        Evaluation batches keep a short last batch, so their size is dynamic; the batch is
-        padded with blank images to a multiple of the shards (never an empty shard) and the
-        padding's logits dropped, so evaluation too runs on every core.
-        """
+        """The logits of a batch of any size, in shards (on every core): padded with blank
+        images to a multiple of the shards, the padding's logits dropped."""
         if self.shards == 1:
             return self.forpass(images)
         count = tf.shape(images)[0]
@@ -213,7 +197,7 @@ class Trainer:
         logits = [self.forpass(shard) for shard in tf.split(padded, self.shards)]
         return tf.concat(logits, axis=0)[:count]
 
-    def _predict_step(self, images):
+    def predict_step(self, images):
         """The predicted class of each image."""
         return tf.argmax(self.forpass(images), axis=1)
 
@@ -223,22 +207,19 @@ class Trainer:
             return [(images, targets)]
         return list(zip(tf.split(images, self.shards), tf.split(targets, self.shards)))
 
-    def _train(self, iterator, num_steps):
+    def train(self, iterator, num_steps):
         """Runs `num_steps` training steps, or fewer if one leaves the loss or a weight non-finite.
 
-        Each step is checked as it ends and the loop stops at the first bad one, so the host
-        learns the exact step of a divergence from the same read that fetches the loss.
+        Each step is checked as it ends and the loop stops at the first bad one: the host
+        learns the exact step of a divergence from the read that fetches the loss.
 
         After a block's first step, each step's batch is made while the step before it
         runs: the batch is a loop variable, and the body pulls the next one (from the
-        iterator, gathered when the images are resident) beside the step's own work. Pulled
-        at the top of each step, the iterator's answer (an asynchronous op, served on
-        tf.data's thread) and the gather sat between the steps on the critical path: made
-        beside the step, --xla ran 1.08x and the graph path 1.02x (bench/RESULTS.md). A
-        block pulls the batches of its own steps only, so the next block starts where it
-        ended; one that a non-finite step stopped before its last has pulled the batch after
-        that step too. `num_steps` must be at least 1 (an InvalidArgumentError otherwise,
-        with nothing pulled): the first batch is pulled before the loop.
+        iterator, gathered when the images are resident) beside the step's own work, off
+        the critical path (bench/RESULTS.md). A block pulls the batches of its own steps
+        only, so the next block starts where it ended; one that a non-finite step stopped
+        before its last has pulled the batch after that step too. `num_steps` must be at
+        least 1 (an InvalidArgumentError otherwise, with nothing pulled).
         """
 
         def go_on(steps, loss_sum, correct, finite, batch):
@@ -265,12 +246,9 @@ class Trainer:
         steps, loss_sum, correct, finite, _ = tf.while_loop(go_on, step, (*start, first))
         return Block(steps, loss_sum, correct, finite)
 
-    def _train_one_step(self, iterator):
-        """One training step, as a block of one, in a graph without a loop.
-
-        The profiler's Profile tab groups a step marker's events into a step only when the
-        traced function holds no while loop, so the steps it traces run through this.
-        """
+    def train_one_step(self, iterator):
+        """One training step, as a block of one, in a graph without a loop: the profiler's
+        Profile tab groups a marker's events into a step only where there is no loop."""
         loss, correct, finite = self._step_on_batch(*self._next_batch(iterator, self.step))
         return Block(tf.constant(1), tf.cast(loss, tf.float64), correct, finite)
 
@@ -312,9 +290,8 @@ class Trainer:
     def _weights_finite(self):
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.model.weights])
 
-    def _evaluate(self, evaluation: EvaluationSet) -> Evaluation:
-        """Mean loss, accuracy and the confusion matrix over every image of `evaluation`, in
-        one call."""
+    def evaluate(self, evaluation: EvaluationSet) -> Evaluation:
+        """Mean loss, accuracy and confusion matrix over all of `evaluation`, in one call."""
         classes = evaluation.targets.shape[-1]
 
         def add_batch(i, loss_sum, confusion):
@@ -349,10 +326,8 @@ def make_trainer(
     step_summaries: tf.summary.SummaryWriter | None = None,
     steps_per_epoch: int | None = None,
 ) -> Trainer:
-    """The one way to build a trainer (a run, the book's class, the XLA probe, bench/): a
-    fresh network of `config`'s size and seed in the placement's precision, its variables
-    where the placement puts them, stepped as the placement decided, with the optimizer
-    `config` names (a learning-rate schedule spans `config.epochs` of `steps_per_epoch`)."""
+    """The one way to build a trainer: a fresh network of `config`'s, stepped as `placement`
+    decided, with `config`'s optimizer (a schedule spans its epochs of `steps_per_epoch`)."""
     with placement.variables_scope():
         model = ConvNet(
             config.n_kernels, config.units, seed=config.seed, dtype_policy=placement.precision

@@ -82,7 +82,9 @@ def test_multi_worker_without_tf_config_exits_2(tmp_path):
         env=env,
     )
     assert run.returncode == 2
-    assert errors(run) == ["error: --strategy multi-worker: TF_CONFIG is not set (see the README)"]
+    assert errors(run) == [
+        "error: --strategy multi-worker: TF_CONFIG is not set (see docs/usage.md, Multi-worker)"
+    ]
 
 
 def test_replica_streams_together_are_the_one_device_stream():

@@ -69,6 +69,14 @@ def test_help_lists_what_each_recipe_sets():
     assert "--optimizer adam" in describe_recipe("fast") and "--tta" in describe_recipe("fast")
 
 
+def test_a_recipe_is_described_by_the_flags_that_exist(monkeypatch):
+    """Fields whose flag is not their name in kebab case are named by their real flag."""
+    monkeypatch.setitem(RECIPES, "wide", {"n_kernels": 32, "export_dir": "models/wide"})
+    assert describe_recipe("wide") == "--kernels 32 --export models/wide"
+    flags = {o for action in cli.build_parser()._actions for o in action.option_strings}
+    assert {"--kernels", "--export"} <= flags
+
+
 SCHEDULED = (
     *("--batch-size", "32", "--epochs", "6", "--optimizer", "adam", "--learning-rate", "0.003"),
     *("--schedule", "onecycle", "--warmup-epochs", "2", "--augment", "--shift", "1"),
