@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from fastconv import checkpoints, data, export, faults, rundir, runtime, xla_probe
+from fastconv import checkpoints, data, export, faults, machine, rundir, runtime, xla_probe
 from fastconv.checkpoints import Checkpoints, kept, starting_point
 from fastconv.config import ConfigError, TrainConfig
 from fastconv.interruption import StopRequests
@@ -177,7 +177,7 @@ def per_worker(config: TrainConfig) -> TrainConfig:
     """This worker's configuration: workers other than the chief of a multi-worker run get
     a folder of their own (`<logdir>/worker-N`) and no export, so they never write over the
     chief's files."""
-    index = runtime.worker_index() if config.strategy == "multi-worker" else 0
+    index = machine.worker_index() if config.strategy == "multi-worker" else 0
     if index == 0:
         return config
     logdir = str(Path(config.logdir) / f"worker-{index}") if config.logdir else None

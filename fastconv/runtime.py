@@ -230,8 +230,8 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
     no op, so the threads can still be set after (`set_up`)."""
     gpus = prepare_gpus()
     device = resolve_device(config.device, len(gpus))
-    on_gpu = device.startswith("/GPU")
     description = device_description(device, gpus)
+    on_gpu = description.kind == "GPU"
     if not on_gpu:
         require_memory(config)
     strategy = make_strategy(config.strategy, on_gpu)

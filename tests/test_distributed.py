@@ -20,7 +20,7 @@ from helpers import (
     write_dataset,
 )
 
-from fastconv import data, pipeline, runtime
+from fastconv import data, machine, pipeline
 from fastconv.config import TrainConfig
 from fastconv.model import ConvNet
 from fastconv.pipeline import make_datasets
@@ -40,7 +40,7 @@ WEIGHT_NAMES = ("conv_w", "conv_b", "w1", "b1", "w2", "b2")
     ],
 )
 def test_device_flag_names_a_device(requested, gpu_count, device):
-    assert runtime.resolve_device(requested, gpu_count) == device
+    assert machine.resolve_device(requested, gpu_count) == device
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,8 @@ def test_device_flag_names_a_device(requested, gpu_count, device):
     ],
 )
 def test_a_missing_gpu_is_an_error_not_a_fall_back(requested, gpu_count, message):
-    with pytest.raises(runtime.DeviceError) as error:
-        runtime.resolve_device(requested, gpu_count)
+    with pytest.raises(machine.DeviceError) as error:
+        machine.resolve_device(requested, gpu_count)
     assert str(error.value) == message
 
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from test_trainer import batch
 
-from fastconv import runtime
+from fastconv import machine
 from fastconv.machine import DeviceDescription, choose_precision
 from fastconv.model import CONV_FORMS, ConvNet, cross_entropy
 from fastconv.runtime import fastest_conv_form
@@ -126,14 +126,14 @@ def test_auto_precision_by_device(device, expected, because):
 
 def test_this_machine_is_described():
     """Follows this machine: its first GPU where it has one, else its CPU."""
-    gpus = runtime.prepare_gpus()
-    device = runtime.device_description(runtime.resolve_device("auto", len(gpus)), gpus)
+    gpus = machine.prepare_gpus()
+    device = machine.device_description(machine.resolve_device("auto", len(gpus)), gpus)
     if gpus:
         assert device.kind == "GPU"
         assert device.compute_capability >= (3, 5)  # the oldest TensorFlow runs on
     else:
         assert device.kind == "CPU"
     if platform.machine() == "x86_64":  # every x86-64 CPU lists these in /proc/cpuinfo
-        assert {"fpu", "sse2"} <= runtime.device_description("/CPU:0", gpus).cpu_flags
+        assert {"fpu", "sse2"} <= machine.device_description("/CPU:0", gpus).cpu_flags
     # The CPU named by --device cpu is described as a CPU, whatever GPUs the machine has.
-    assert runtime.device_description("/CPU:0", gpus).kind == "CPU"
+    assert machine.device_description("/CPU:0", gpus).kind == "CPU"

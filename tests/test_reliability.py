@@ -156,8 +156,8 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     class DivergesAtStep41(Trainer):
         """Steps as usual, then the loss of step 41 turns NaN (in epoch 3 of 15 steps)."""
 
-        def _train_step(self, images, targets):
-            loss, correct = super()._train_step(images, targets)
+        def train_step(self, images, targets):
+            loss, correct = super().train_step(images, targets)
             return tf.where(self.step >= 40, tf.constant(np.nan), loss), correct
 
     monkeypatch.setattr("fastconv.trainer.Trainer", DivergesAtStep41)

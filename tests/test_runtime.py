@@ -6,7 +6,7 @@ import pytest
 
 from fastconv import native, runtime
 from fastconv.config import ConfigError, TrainConfig
-from fastconv.machine import DeviceDescription
+from fastconv.machine import DeviceDescription, DeviceError
 from fastconv.runtime import fastest_conv_form, usable_conv_form
 
 
@@ -127,7 +127,7 @@ def test_place_warns_of_float16_on_a_cpu_and_refuses_a_missing_gpu(machine):
     machine(core_count=2, gpus=0)
     placement = runtime.place(TrainConfig(precision="mixed_float16"))
     assert placement.loss_scaling and placement.notes[0].startswith("warning: mixed_float16")
-    with pytest.raises(runtime.DeviceError, match="--device gpu: this machine has no GPU"):
+    with pytest.raises(DeviceError, match="--device gpu: this machine has no GPU"):
         runtime.place(TrainConfig(device="gpu"))
     with pytest.raises(ConfigError, match="shards=3 must divide batch_size=128"):
         TrainConfig(shards=3)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+from functools import partial
 
 import numpy as np
 import pytest
@@ -60,8 +61,8 @@ def test_sharded_step_equals_the_whole_batch_step(xla):
     # Evaluation batches have a dynamic size (a short last batch): each is padded to a
     # multiple of the shards and the padding's logits dropped, down to a single image.
     any_size = [tf.TensorSpec([None, 28, 28, 1]), tf.TensorSpec([None, 10])]
-    sharded_eval = tf.function(sharded._eval_step, input_signature=any_size)
-    whole_eval = tf.function(whole._eval_step, input_signature=any_size)
+    sharded_eval = tf.function(partial(Trainer.eval_step, sharded), input_signature=any_size)
+    whole_eval = tf.function(partial(Trainer.eval_step, whole), input_signature=any_size)
     for count in (128, 33, 1):
         sharded_loss, sharded_confusion = sharded_eval(images[:count], targets[:count])
         whole_loss, whole_confusion = whole_eval(images[:count], targets[:count])
