@@ -214,3 +214,22 @@ def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_
     standardized = pipeline.Standardization()(tf.constant(images[..., None], tf.float32))
     expected = tf.nn.softmax(trainer.forpass(standardized)).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "loaded.npy"), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", ["1", "2"])
+def test_building_the_op_prints_its_own_lines_alone(level):
+    """`python -m fastconv.native` (scripts/setup.sh's step) in an environment that lets
+    TensorFlow's warnings or errors through: none of TensorFlow's C++ lines reach the user,
+    neither the import's nor those of loading the built library."""
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": level}
+    run = subprocess.run(
+        [sys.executable, "-m", "fastconv.native"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=environment,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    assert run.stdout.splitlines()[-1].startswith("fastconv.native: ready in ")
+    assert all(line.startswith("fastconv.native: ") for line in run.stdout.splitlines())

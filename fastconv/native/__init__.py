@@ -29,9 +29,13 @@ import threading
 import time
 from pathlib import Path
 
-import tensorflow as tf
+from fastconv.importing import import_tensorflow
 
-from fastconv.machine import cpu_flags
+import_tensorflow()  # quietly, when this is the first to import it (`python -m fastconv.native`)
+
+import tensorflow as tf  # noqa: E402
+
+from fastconv.machine import cpu_flags  # noqa: E402
 
 SOURCES = Path(__file__).parent
 SOURCE_FILES = ("ops.cc", "conv_relu_pool.h")

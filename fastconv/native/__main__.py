@@ -2,10 +2,6 @@
 
 import sys
 
-from fastconv.importing import import_tensorflow
-
-import_tensorflow()  # quietly, before fastconv.native imports it
-
-from fastconv.native import main  # noqa: E402
+from fastconv.native import main
 
 sys.exit(main())
