@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
         # Until the run answers signals itself, a stop ends the process at once: there is
         # nothing to save yet.
         with stop_at_once("during start-up"):
-            result = _run(parser, args, resume, log)
+            result = _train_from_flags(parser, args, resume, log)
     except Interrupted as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     return 0
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool, log):
+def _train_from_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool, log):
     """The run the flags ask for: its RunResult, or the exit code of a run refused.
 
     The data are read and split before TensorFlow is imported: a bad file or flag is

@@ -23,9 +23,9 @@ from fastconv.data import IMAGE_SIZE, NUM_CLASSES, BookSplit
 RESIDENT_BYTES = 2**30
 
 
-# tf.data's autotuning thread made deleting an iterator wait: up to 20 s at the end of some
-# 20-epoch runs on the 2-core host, and spikes in evaluation (which opens an iterator per
-# pass). These pipelines only gather whole batches, so fixed settings lose nothing.
+# tf.data's autotuning thread made deleting an iterator wait, for seconds at the end of some
+# runs on a 2-core host (bench/RESULTS.md). These pipelines only gather whole batches, so
+# fixed settings lose nothing.
 NO_AUTOTUNE = tf.data.Options()
 NO_AUTOTUNE.autotune.enabled = False
 
@@ -61,7 +61,7 @@ IDENTITY = Standardization(mean=0.0, std=1.0)
 
 def plain(function: Callable) -> Callable:
     """`function` for tf.data to trace as it is, not rewritten by AutoGraph: the pipelines'
-    functions hold no control flow on tensors, and the rewrite took 0.1-0.2 s of start-up."""
+    functions hold no control flow on tensors, and the rewrite only costs start-up time."""
     return tf.autograph.experimental.do_not_convert(function)
 
 
