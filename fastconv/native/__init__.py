@@ -6,11 +6,14 @@ a vector unit badly; on a 2-core CPU that layer took more time than the dense la
 `conv_relu_pool.h` computes the same function with sixteen images in the lanes of each
 vector, in one pass forward and one backward (bench/RESULTS.md has the measurements).
 
-The op is compiled from `ops.cc` with the C++ compiler (`$CXX`, else c++ or g++), against
-the installed TensorFlow's headers, for this CPU (`-march=native`), once: the library is
-cached under `$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native), keyed by the
-sources, the flags, the compiler, TensorFlow and the CPU. It is built only on CPUs with
-AVX-512. Where it cannot be built or loaded, `unavailable()` says why in one line and
+The same kernel is also two XLA custom-call targets (`xla_targets.cc`), for code that XLA
+compiles, where a TensorFlow op cannot go: `xla_conv_relu_pool` calls them.
+
+The library is compiled from `ops.cc` and `xla_targets.cc` with the C++ compiler (`$CXX`, else
+c++ or g++), against the installed TensorFlow's headers, for this CPU (`-march=native`), once:
+the library is cached under `$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native),
+keyed by the sources, the flags, the compiler, TensorFlow and the CPU. It is built only on CPUs
+with AVX-512. Where it cannot be built or loaded, `unavailable()` says why in one line and
 fastconv computes the layer with TensorFlow's own ops.
 `FASTCONV_NATIVE=0` turns the op off. `python -m fastconv.native` builds it and says how it
 went (scripts/setup.sh runs it, so that a first run does not wait for the compiler).
@@ -32,7 +35,10 @@ from pathlib import Path
 import tensorflow as tf
 
 SOURCES = Path(__file__).parent
-SOURCE_FILES = ("ops.cc", "conv_relu_pool.h")
+# The translation units, compiled together into one library, and all the files the build key
+# covers.
+COMPILED = ("ops.cc", "xla_targets.cc")
+SOURCE_FILES = (*COMPILED, "conv_relu_pool.h")
 LIBRARY = "fastconv_ops.so"
 # Whether to use the op at all; "0" turns it off (a user's way out, and the tests' way to
 # reach the fallback).
@@ -72,9 +78,13 @@ def _accepts(cxx: str, flag: str) -> bool:
 
 
 FLAGS = ("-shared", "-fPIC", "-O3", "-march=native", "-w")
+# xla_targets.cc registers with xla::CustomCallTargetRegistry, which libtensorflow_cc exports
+# (TensorFlow's link flags name libtensorflow_framework only). At load time the library
+# binds to the copy TensorFlow has loaded already: one registry, the one XLA reads.
+XLA_LINK_FLAGS = ("-l:libtensorflow_cc.so.2",)
 
 
-def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
+def compile_command(cxx: str, sources: list[Path], output: Path) -> list[str]:
     flags = list(FLAGS)
     if "avx512_fp16" in _cpu_flags() and _accepts(cxx, "-mno-avx512fp16"):
         # Eigen's AVX512-FP16 code in TensorFlow's headers does not compile with GCC 12
@@ -84,10 +94,11 @@ def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
         cxx,
         *flags,
         *tf.sysconfig.get_compile_flags(),
-        str(source),
+        *map(str, sources),
         "-o",
         str(output),
         *tf.sysconfig.get_link_flags(),
+        *XLA_LINK_FLAGS,
     ]
 
 
@@ -100,7 +111,12 @@ def _build_key(cxx: str) -> str:
         digest.update(name.encode() + (SOURCES / name).read_bytes())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     cpu = " ".join(sorted(_cpu_flags()))
-    flags = [*FLAGS, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    flags = [
+        *FLAGS,
+        *tf.sysconfig.get_compile_flags(),
+        *tf.sysconfig.get_link_flags(),
+        *XLA_LINK_FLAGS,
+    ]
     digest.update("\0".join([cxx, *flags, version, tf.__version__, cpu]).encode())
     return digest.hexdigest()[:16]
 
@@ -123,18 +139,19 @@ def build(verbose: bool = False) -> Path:
         if target.exists():
             return target
         if verbose:
-            print(f"fastconv.native: compiling {SOURCES / 'ops.cc'} ...", flush=True)
+            print(f"fastconv.native: compiling {', '.join(COMPILED)} in {SOURCES} ...", flush=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             partial = Path(scratch) / LIBRARY
-            command = compile_command(cxx, SOURCES / "ops.cc", partial)
+            names = " + ".join(COMPILED)
+            command = compile_command(cxx, [SOURCES / name for name in COMPILED], partial)
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=900)
             except subprocess.TimeoutExpired:
-                raise NativeUnavailable(f"{Path(cxx).name} took over 900 s on ops.cc") from None
+                raise NativeUnavailable(f"{Path(cxx).name} took over 900 s on {names}") from None
             if done.returncode:
                 errors = [line for line in done.stderr.splitlines() if "error:" in line]
                 first = (errors or done.stderr.splitlines() or ["no output"])[0].strip()
-                raise NativeUnavailable(f"{Path(cxx).name} failed on ops.cc: {first}")
+                raise NativeUnavailable(f"{Path(cxx).name} failed on {names}: {first}")
             os.replace(partial, target)  # whole or not at all
     return target
 
