@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.python.ops import control_flow_util
 
 SOURCES = Path(__file__).parent
 # The translation units, compiled together into one library, and all the files the build key
@@ -233,6 +235,83 @@ def _images_gradient(images, kernel, winner, grad_features):
         tf.transpose(windows, [0, 1, 4, 2, 5, 3]), [batch, height, width, kernels]
     )
     return tf.nn.conv2d_transpose(conv_grad, kernel, tf.shape(images), strides=1, padding="SAME")
+
+
+# The XLA custom-call targets of xla_targets.cc, registered when the library loads.
+XLA_FORWARD = "fastconv_conv_relu_pool"
+XLA_BACKWARD = "fastconv_conv_relu_pool_grad"
+
+
+def xla_conv_relu_pool(images: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """`conv_relu_pool` for code that XLA compiles (`tf.function(jit_compile=True)`), where
+    the op cannot go: the same kernel, called as XLA custom calls. Takes float32 images
+    (B, H, W, 1), a kernel (3, 3, 1, K) and a bias (K), and returns the float32 features
+    (H/2 * W/2 * K, B), one image per column, as `conv_relu_pool` does; differentiable in
+    `kernel` and `bias` by the backward target, and in the images by TensorFlow's ops.
+
+    The shapes, the batch size included, must be known when the function is traced (a custom
+    call's result shapes are fixed in the graph): a tf.function traces again for each new
+    batch size, but not with a free batch dimension in its input_signature. NativeUnavailable
+    where the library cannot be built or loaded, as `ops()`.
+    """
+    ops()  # loading the library registers the targets
+    if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        raise RuntimeError(
+            "fastconv.native.xla_conv_relu_pool runs only inside tf.function(jit_compile=True); "
+            "elsewhere use fastconv.native.conv_relu_pool"
+        )
+    images, kernel, bias = (tf.convert_to_tensor(t, tf.float32) for t in (images, kernel, bias))
+    config = _xla_config(images.shape, kernel.shape, bias.shape)
+    features_spec = tf.TensorSpec(
+        [images.shape[1] // 2 * (images.shape[2] // 2) * kernel.shape[3], images.shape[0]]
+    )
+
+    @tf.custom_gradient
+    def conv_relu_pool(images, kernel, bias):
+        features, winner = xla.custom_call_v2(
+            XLA_FORWARD,
+            [images, kernel, bias],
+            [features_spec, tf.TensorSpec(features_spec.shape, tf.uint8)],
+            backend_config=config,
+        )
+
+        def gradient(grad_features):
+            kernel_grad, bias_grad = xla.custom_call_v2(
+                XLA_BACKWARD,
+                [images, winner, grad_features],
+                [tf.TensorSpec(kernel.shape), tf.TensorSpec(bias.shape)],
+                backend_config=config,
+            )
+            # The images' gradient costs nothing where nobody reads it: XLA drops it.
+            images_grad = _images_gradient(images, kernel, winner, grad_features)
+            return images_grad, kernel_grad, bias_grad
+
+        return features, gradient
+
+    return conv_relu_pool(images, kernel, bias)
+
+
+def _xla_config(images: tf.TensorShape, kernel: tf.TensorShape, bias: tf.TensorShape) -> str:
+    """The targets' backend_config: the geometry (from the operands' static shapes, checked
+    here as the op checks them) and the threads to spread the blocks over."""
+    if images.rank != 4 or images[3] != 1 or not images[1:3].is_fully_defined():
+        raise ValueError(f"images must be (batch, height, width, 1), got {images}")
+    batch, height, width, _ = images
+    if height % 2 or width % 2:
+        raise ValueError(f"images must have an even height and width, got {images}")
+    if batch is None:
+        raise ValueError(
+            f"images {images}: the batch size must be known when traced (a custom call's "
+            "result shapes are fixed in the graph); give the tf.function no free batch "
+            "dimension in its input_signature"
+        )
+    if kernel.rank != 4 or kernel[:3] != (3, 3, 1) or kernel[3] is None:
+        raise ValueError(f"kernel must be (3, 3, 1, kernels), got {kernel}")
+    if bias != (kernel[3],):
+        raise ValueError(f"bias must be (kernels,) = ({kernel[3]},), got {bias}")
+    # TensorFlow's intra-op setting, else the CPUs this process may run on, as TensorFlow does.
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or len(os.sched_getaffinity(0))
+    return f"batch={batch} height={height} width={width} kernels={kernel[3]} threads={threads}"
 
 
 def main() -> int:
