@@ -63,12 +63,15 @@ def test_custom_calls_equal_the_fused_op_and_float64_on_real_images(fashion_mnis
 
 
 def test_ties_go_to_the_first_position_as_in_the_fused_op():
-    """A flat image makes the four convs of every inner window equal: the first wins, in
-    the op and in TensorFlow's max-pool gradient, so all three route the gradient alike
-    (a positive bias keeps the features on, so every window routes)."""
-    images = np.full((20, 28, 28, 1), 0.5)
-    images[1::2] = 1.0  # two flat images in turn, so a lane mixed up shows
-    inputs = layer_inputs(images, seed=0, bias=3.0)
+    """Kernels with only their centre tap, on images whose 2x2 windows are flat, make the
+    four convs of every window equal while the four 3x3 patches under them differ: the
+    gradient then depends on which position wins. The first does, in the op and in
+    TensorFlow's max-pool gradient (a positive bias keeps every window on)."""
+    rng = np.random.default_rng(3)
+    images = np.kron(rng.random((20, 14, 14, 1)), np.ones((1, 2, 2, 1)))
+    images, conv_w, conv_b, upstream = layer_inputs(images, seed=0, bias=3.0)
+    conv_w = conv_w * np.pad(np.ones((1, 1, 1, 1)), [[1, 1], [1, 1], [0, 0], [0, 0]])
+    inputs = images, conv_w, conv_b, upstream
     actual, fused, expected = custom_calls(*inputs), fused_op(*inputs), reference(*inputs)
     for name, a, f, e in zip(("features", "d kernel", "d bias"), actual, fused, expected):
         scale = np.abs(e.numpy()).max()
