@@ -93,6 +93,23 @@ def test_a_nan_pixel_gives_nan_where_the_fused_op_does():
         np.testing.assert_array_equal(a.numpy(), f.numpy(), err_msg=name)
 
 
+@pytest.mark.parametrize("threads", [2, 3, 16])
+def test_threads_change_nothing_down_to_the_last_bit(fashion_mnist, monkeypatch, threads):
+    """The targets spread the blocks of 16 images over the threads TensorFlow's intra-op
+    setting names (read when traced), each thread taking the next block free; the gradient
+    sums each block on its own and adds them up in block order, so a run is reproducible
+    whichever thread took which block, and however many there were."""
+    inputs = layer_inputs(fashion_mnist.train_images[:200, ..., None] / 255, seed=4)
+    results = {}
+    for count in (1, threads):
+        monkeypatch.setattr(
+            tf.config.threading, "get_intra_op_parallelism_threads", lambda count=count: count
+        )
+        results[count] = custom_calls(*inputs)
+    for name, one, many in zip(("features", "d kernel", "d bias"), results[1], results[threads]):
+        np.testing.assert_array_equal(many.numpy(), one.numpy(), err_msg=name)
+
+
 def test_the_compiled_program_calls_the_targets_and_no_convolution():
     """The custom calls are in the optimized HLO (a silent fallback to TensorFlow's ops
     would not pass), and the images' gradient, which nobody asked for, is not."""

@@ -17,13 +17,16 @@
 // FFI handler would never be found. (The one other route, XlaCallModule with a StableHLO
 // module written out per call, adds a second IR to maintain for nothing the kernel needs.)
 // The untyped call gets no shapes, hence the backend_config, and no thread pool, hence
-// Spread's threads below.
+// ForBlocks's threads below.
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
-#include <exception>
+#include <memory>
+#include <new>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -77,21 +80,41 @@ bool ParseConfig(const char* opaque, size_t length, Config* config, std::string*
   return true;
 }
 
-// Runs work(part) for part in [0, parts): part 0 on the calling thread, the others on threads
-// of their own, started per call. (An untyped target is not given XLA's intra-op pool; a
-// thread costs tens of microseconds, against a call that takes hundreds.)
+// Runs work(block) for each of the config's blocks, on the calling thread and up to
+// threads - 1 helpers started per call (an untyped target is not given XLA's intra-op pool),
+// each taking the next block not yet taken. The call returns once every block taken is done,
+// without waiting for a helper to start: on a busy machine, or while XLA's pool threads
+// still spin on the cores, a new thread may wait milliseconds for one, and joining it made
+// the training step slower with two threads than with one. A helper that starts after the
+// last block was taken finds nothing to do and touches only the state it shares.
+// False if a block threw (std::bad_alloc): an exception must not leave a thread, nor cross
+// into XLA.
 template <typename Work>
-void Spread(int64_t parts, Work work) {
-  std::vector<std::thread> helpers;
-  helpers.reserve(parts - 1);
-  for (int64_t part = 1; part < parts; ++part) helpers.emplace_back(work, part);
-  work(0);
-  for (std::thread& helper : helpers) helper.join();
-}
-
-// How many parts to split `blocks` into: no more than the threads, nor than the blocks.
-int64_t Parts(const Config& config) {
-  return std::max<int64_t>(1, std::min<int64_t>(config.threads, config.geometry.blocks()));
+bool ForBlocks(const Config& config, const Work& work) {
+  struct Shared {
+    std::atomic<int64_t> next{0}, finished{0};
+    std::atomic<bool> failed{false};
+  };
+  const auto shared = std::make_shared<Shared>();
+  const int64_t blocks = config.geometry.blocks();
+  auto run = [shared, blocks, &work] {
+    for (int64_t block; (block = shared->next.fetch_add(1)) < blocks;) {
+      try {
+        work(block);
+      } catch (...) {
+        shared->failed = true;
+      }
+      shared->finished.fetch_add(1, std::memory_order_release);
+    }
+  };
+  try {
+    for (int64_t i = 1; i < std::min(config.threads, blocks); ++i) std::thread(run).detach();
+  } catch (const std::system_error&) {
+    // No more threads to be had: those started and this one do the work.
+  }
+  run();
+  while (shared->finished.load(std::memory_order_acquire) < blocks) std::this_thread::yield();
+  return !shared->failed;
 }
 
 // out: (features, winner); in: (images, kernel, bias).
@@ -108,15 +131,10 @@ void ConvReluPoolTarget(void* out, const void** in, const char* opaque, size_t o
   void** outputs = static_cast<void**>(out);
   auto* features = static_cast<float*>(outputs[0]);
   auto* winner = static_cast<uint8_t*>(outputs[1]);
-  const int64_t parts = Parts(config);
-  try {  // an exception must not cross into XLA (std::thread throws where it cannot start one)
-    Spread(parts, [&](int64_t part) {
-      fastconv::ConvReluPool(images, kernel, bias, g, g.blocks() * part / parts,
-                             g.blocks() * (part + 1) / parts, features, winner);
-    });
-  } catch (const std::exception& e) {
-    Fail(status, kName, e.what());
-  }
+  const bool done = ForBlocks(config, [&](int64_t block) {
+    fastconv::ConvReluPool(images, kernel, bias, g, block, block + 1, features, winner);
+  });
+  if (!done) Fail(status, kName, "out of memory");
 }
 
 // out: (kernel_grad, bias_grad); in: (images, winner, grad_features).
@@ -131,20 +149,21 @@ void ConvReluPoolGradTarget(void* out, const void** in, const char* opaque, size
   const auto* winner = static_cast<const uint8_t*>(in[1]);
   const auto* grad = static_cast<const float*>(in[2]);
   void** outputs = static_cast<void**>(out);
-  // Each part sums its blocks into its own lanes; the lanes and parts are added last.
-  const int64_t parts = Parts(config);
+  // Each block sums into lanes of its own, added up last in block order: the same result
+  // whichever thread took which block.
+  std::vector<Lanes> sums;
   try {
-    std::vector<Lanes> sums(parts * g.kernels * kSums, Lanes{});
-    Spread(parts, [&](int64_t part) {
-      fastconv::ConvReluPoolGrad(images, winner, grad, g, g.blocks() * part / parts,
-                                 g.blocks() * (part + 1) / parts,
-                                 &sums[part * g.kernels * kSums]);
-    });
-    fastconv::TotalGradient(sums.data(), parts, g.kernels, static_cast<float*>(outputs[0]),
-                            static_cast<float*>(outputs[1]));
-  } catch (const std::exception& e) {
-    Fail(status, kName, e.what());
+    sums.resize(g.blocks() * g.kernels * kSums);
+  } catch (const std::bad_alloc&) {
+    return Fail(status, kName, "out of memory");
   }
+  const bool done = ForBlocks(config, [&](int64_t block) {
+    fastconv::ConvReluPoolGrad(images, winner, grad, g, block, block + 1,
+                               &sums[block * g.kernels * kSums]);
+  });
+  if (!done) return Fail(status, kName, "out of memory");
+  fastconv::TotalGradient(sums.data(), g.blocks(), g.kernels, static_cast<float*>(outputs[0]),
+                          static_cast<float*>(outputs[1]));
 }
 
 }  // namespace
