@@ -93,6 +93,27 @@ def test_a_nan_pixel_gives_nan_where_the_fused_op_does():
         np.testing.assert_array_equal(a.numpy(), f.numpy(), err_msg=name)
 
 
+def test_the_images_gradient_where_asked_for_is_the_fused_ops(fashion_mnist):
+    """Training never asks for it, but where a caller does it must not be missing or wrong."""
+    images, conv_w, conv_b, upstream = layer_inputs(
+        fashion_mnist.train_images[:7, ..., None] / 255, seed=5
+    )
+
+    def images_gradient(conv_relu_pool):
+        def gradient(images):
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                objective = tf.reduce_sum(conv_relu_pool(images, conv_w, conv_b) * upstream)
+            return tape.gradient(objective, images)
+
+        return gradient
+
+    actual = tf.function(images_gradient(native.xla_conv_relu_pool), jit_compile=True)(images)
+    expected = tf.function(images_gradient(native.conv_relu_pool))(images)
+    scale = np.abs(expected.numpy()).max()
+    np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=1e-5 * scale)
+
+
 @pytest.mark.parametrize("threads", [2, 3, 16])
 def test_threads_change_nothing_down_to_the_last_bit(fashion_mnist, monkeypatch, threads):
     """The targets spread the blocks of 16 images over the threads TensorFlow's intra-op
