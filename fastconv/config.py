@@ -135,7 +135,7 @@ class TrainConfig:
         ),
         **_one_of(tuple(RECIPES)),
     )
-    xla: bool = setting(False, "compile the per-batch steps with XLA (jit_compile)")
+    xla: bool = setting(False, "compile the per-batch steps with XLA (jit_compile)", resumable=True)
     epochs: int = setting(20, "passes over the training set", resumable=True, **POSITIVE)
     batch_size: int = setting(
         128, "images per SGD step; each epoch drops its remainder, as the book", **POSITIVE

@@ -64,10 +64,11 @@ class ConvNet(tf.Module):
         """Logits (B, 10) for images (B, 28, 28, 1): the book's `forpass`.
 
         `conv_form` names one of `CONV_FORMS`, each the same function written for a
-        different engine: "nn" is the book's `tf.nn` ops (cuDNN's on a GPU), "fused" (an op
-        of fastconv's own) runs fastest in graph mode on a CPU and "batch_channels" next,
-        "window_patches" under XLA. `weights` computes with other values of the six variables, in
-        the order of `weights` (moving averages).
+        different engine: "nn" is the book's `tf.nn` ops (cuDNN's on a GPU); on a CPU,
+        fastconv's own kernel runs fastest, as a TensorFlow op in graph mode ("fused") and as
+        XLA custom calls under XLA ("fused_xla"); without it, "batch_channels" in graph mode
+        and "window_patches" under XLA. `weights` computes with other values of the six
+        variables, in the order of `weights` (moving averages).
         """
         weights = weights or self.weights
         conv_w, conv_b, w1, b1, w2, b2 = (self._compute(w) for w in weights)
@@ -229,6 +230,13 @@ def conv_relu_pool_fused(images, conv_w, conv_b):
     return native.conv_relu_pool(images, conv_w, conv_b)
 
 
+def conv_relu_pool_fused_xla(images, conv_w, conv_b):
+    """`conv_relu_pool_fused` for XLA's compiled step (`--xla` on a CPU): the same kernel,
+    called as XLA custom calls (`fastconv.native.xla_conv_relu_pool`), where a TensorFlow op
+    cannot go."""
+    return native.xla_conv_relu_pool(images, conv_w, conv_b)
+
+
 class ConvForm(NamedTuple):
     """One way to compute conv + ReLU + pool, and the layout of the features it returns."""
 
@@ -240,6 +248,12 @@ class ConvForm(NamedTuple):
     # Computes from the float32 images and variables under every policy (else in the compute
     # dtype); its features are cast to the compute dtype after.
     in_float32: bool = False
+    # The engine it runs in: True for XLA alone (custom calls), False for graph mode alone
+    # (an op XLA cannot compile), None for both.
+    xla: bool | None = None
+    # For a form of custom calls, whose result shapes are fixed when traced: the form of the
+    # same kernel for batches of any size (evaluation and prediction), in graph mode.
+    any_batch: str | None = None
 
 
 # The forms of conv + ReLU + pool, by the name `ConvNet.forpass` takes.
@@ -247,8 +261,14 @@ CONV_FORMS = {
     "nn": ConvForm(conv_relu_pool_nn, images_in_columns=False),
     "batch_channels": ConvForm(conv_relu_pool_batch_channels, images_in_columns=True),
     "window_patches": ConvForm(conv_relu_pool_window_patches, images_in_columns=False),
-    "fused": ConvForm(
-        conv_relu_pool_fused, images_in_columns=True, stock="fused_stock", in_float32=True
+    "fused": ConvForm(conv_relu_pool_fused, True, stock="fused_stock", in_float32=True, xla=False),
+    "fused_xla": ConvForm(
+        conv_relu_pool_fused_xla,
+        True,
+        stock="fused_stock",
+        in_float32=True,
+        xla=True,
+        any_batch="fused",
     ),
     # The fused op's function in TensorFlow's ops, in float32 like the op: what the SavedModel
     # of a run on the fused op holds, so that it loads without fastconv.

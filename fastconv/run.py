@@ -210,7 +210,8 @@ def _probe_xla(trainer, datasets, config, placement, log) -> float | None:
         return None
     ratio = xla_probe.xla_speed_ratio(trainer, datasets.train(), config, placement)
     if ratio < 0.95:
-        graph_threads = runtime.thread_counts(placement.shards, placement.on_gpu, xla=False)
+        graph_form = runtime.fastest_conv_form(xla=False, on_gpu=placement.on_gpu)
+        graph_threads = runtime.thread_counts(placement.shards, placement.on_gpu, graph_form)
         on_xlas = " on --xla's threads" if placement.threads != graph_threads else ""
         log(
             f"note: on this CPU the XLA steps ran at {ratio:.2f}x the speed of graph "

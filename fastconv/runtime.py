@@ -63,19 +63,19 @@ def auto_shards(batch_size: int, on_gpu: bool) -> int:
     return 2
 
 
-def thread_counts(shards: int, on_gpu: bool, *, xla: bool) -> tuple[int, int] | None:
+def thread_counts(shards: int, on_gpu: bool, conv_form: str) -> tuple[int, int] | None:
     """(intra-op, inter-op) threads for a CPU run, or None to keep TensorFlow's defaults.
 
     With shards, each op gets cores // shards threads and up to `shards` ops run at once
-    (never more than the cores), so the shards proceed side by side. Under XLA each shard's
-    compiled cluster is one such op, but XLA's CPU runtime runs a cluster's parallel parts
-    on the intra-op pool, which the shards' clusters share: with one thread there the shards
-    took turns on it (bench/RESULTS.md), so XLA gets every core.
+    (never more than the cores), so the shards proceed side by side; under XLA each shard's
+    compiled cluster is one such op. XLA's CPU runtime runs the window patches form's
+    parallel parts on the intra-op pool, which the shards' clusters share: with one thread
+    there the shards took turns on it (bench/RESULTS.md), so that form gets every core.
     """
     if shards == 1 or on_gpu:
         return None
     cores = cpu_cores()
-    intra = cores if xla else max(1, cores // shards)
+    intra = cores if conv_form == "window_patches" else max(1, cores // shards)
     return intra, min(shards, cores)
 
 
@@ -111,25 +111,27 @@ def describe_threads() -> str:
 def fastest_conv_form(xla: bool, on_gpu: bool) -> str:
     """The entry of `CONV_FORMS` that the engine runs fastest.
 
-    XLA compiles the window patches matmul well and its own convolution badly; a GPU runs the
-    book's `tf.nn` ops as cuDNN kernels; graph mode on a CPU is fastest with fastconv's fused
-    op, and where that cannot be built (`fastconv.native.unavailable`), with the batch as the
-    channels of a depthwise conv (bench/RESULTS.md has the measurements).
+    On a CPU, fastconv's own kernel (`fastconv.native`): the op in graph mode, the custom
+    calls under XLA; where it cannot be built, the batch as the channels of a depthwise conv
+    in graph mode, and under XLA the window patches matmul (XLA compiles its own convolution
+    badly). A GPU runs the book's `tf.nn` ops as cuDNN kernels, and under XLA the window
+    patches (the kernel is CPU code). bench/RESULTS.md has the measurements.
     """
+    fused = not on_gpu and not native.unavailable()
     if xla:
-        return "window_patches"
+        return "fused_xla" if fused else "window_patches"
     if on_gpu:
         return "nn"
-    return "batch_channels" if native.unavailable() else "fused"
+    return "fused" if fused else "batch_channels"
 
 
 def usable_conv_form(conv_form: str, xla: bool = False) -> bool:
-    """Whether `conv_form` names a form that can run here (a form with an op of fastconv's
-    own needs the op built, and XLA cannot compile it)."""
+    """Whether `conv_form` names a form that can run here, in the engine `xla` says (a form
+    of fastconv's kernel needs it built, and runs in one engine)."""
     form = CONV_FORMS.get(conv_form)
-    if form is None:
+    if form is None or form.xla not in (None, xla):
         return False
-    return form.stock is None or not (xla or native.unavailable())
+    return form.stock is None or not native.unavailable()
 
 
 def stock_conv_form(conv_form: str) -> str:
@@ -242,11 +244,12 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
             f"does not split evenly across {strategy.num_replicas_in_sync} replicas",
         )
     shards = 1 if strategy else config.shards or auto_shards(config.batch_size, on_gpu)
+    conv_form = fastest_conv_form(config.xla, on_gpu)
     machine = {
         "shards": shards,
-        "threads": thread_counts(shards, on_gpu, xla=config.xla),
+        "threads": thread_counts(shards, on_gpu, conv_form),
         "precision": config.precision,
-        "conv_form": fastest_conv_form(config.xla, on_gpu),
+        "conv_form": conv_form,
     }
     recorded = dict(recorded or {})
     notes = []
@@ -271,7 +274,7 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
             + ", ".join(f"{name} {machine[name]}" for name in differ)
             + ")"
         )
-    why_not_fused = None if config.xla or on_gpu else native.unavailable()
+    why_not_fused = None if on_gpu else native.unavailable()
     if why_not_fused:
         notes.append(
             f"note: fastconv's fused conv op is not available ({why_not_fused}); the first "

@@ -9,6 +9,7 @@ tensor, so blocks of any length share one trace.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from fastconv.blocks import Block, Evaluation
-from fastconv.model import IMAGE_SHAPE, ConvNet, cross_entropy
+from fastconv.model import CONV_FORMS, IMAGE_SHAPE, ConvNet, cross_entropy
 from fastconv.optimizers import make_optimizer, weight_averages
 from fastconv.pipeline import EVALUATION_SET_SPEC, EvaluationSet
 
@@ -68,6 +69,11 @@ class Trainer:
         self.xla = xla
         self.shards = shards
         self.conv_form = conv_form
+        # Evaluation and prediction take batches of any size, which custom calls cannot:
+        # they run the form's `any_batch` twin, the same kernel as an op, in graph mode.
+        any_batch = CONV_FORMS[conv_form].any_batch
+        self.evaluated_conv_form = any_batch or conv_form
+        evaluate_with_xla = xla and any_batch is None
         # Under a tf.distribute strategy (model and trainer built in its scope), each replica
         # steps on its share of the global batch; the optimizer sums the replicas' gradients,
         # so each replica's loss is divided by their number: the sum is the global mean's.
@@ -98,21 +104,18 @@ class Trainer:
         # AutoGraph: the steps hold no control flow on tensors and the two loops are
         # written as tf.while_loop; converting them, with Keras's code, was most of the
         # tracing time.
-        self.shard_gradients = tf.function(self.shard_gradients, jit_compile=xla, autograph=False)
-        self.train_step = tf.function(self.train_step, autograph=False)
-        self.eval_step = tf.function(self.eval_step, jit_compile=xla, autograph=False)
+        compiled = functools.partial(tf.function, autograph=False)
+        self.shard_gradients = compiled(self.shard_gradients, jit_compile=xla)
+        self.train_step = compiled(self.train_step)
+        self.eval_step = compiled(self.eval_step, jit_compile=evaluate_with_xla)
         # Prediction takes arrays of any length: one trace with a free batch dimension.
-        self.predict_step = tf.function(
-            self.predict_step,
-            jit_compile=xla,
-            autograph=False,
-            input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)],
+        any_images = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)
+        self.predict_step = compiled(
+            self.predict_step, jit_compile=evaluate_with_xla, input_signature=[any_images]
         )
-        self.train = tf.function(self.train, autograph=False)
-        self.train_one_step = tf.function(self.train_one_step, autograph=False)
-        self.evaluate = tf.function(
-            self.evaluate, autograph=False, input_signature=[EVALUATION_SET_SPEC]
-        )
+        self.train = compiled(self.train)
+        self.train_one_step = compiled(self.train_one_step)
+        self.evaluate = compiled(self.evaluate, input_signature=[EVALUATION_SET_SPEC])
 
     @property
     def variables(self) -> list[tf.Variable]:
@@ -143,7 +146,7 @@ class Trainer:
     def forpass(self, images, conv_form: str | None = None):
         """Logits as the trainer evaluates, predicts and exports them: its conv form (or
         `conv_form`), the evaluated weights (--ema's averages), with `tta` mirrors too."""
-        conv_form = conv_form or self.conv_form
+        conv_form = conv_form or self.evaluated_conv_form
         if not self.tta:
             return self.model.forpass(images, conv_form, self.evaluated_weights)
         both = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)

@@ -20,6 +20,7 @@ CONV_OP_TYPES = {
     "batch_channels": "DepthwiseConv2dNative",
     "window_patches": "MatMul",
     "fused": "FastconvConvReluPool",
+    "fused_xla": "XlaCustomCallV2",
     "fused_stock": "DepthwiseConv2dNative",
 }
 
@@ -30,7 +31,11 @@ def test_policy_dtypes(policy, conv_form):
     model = ConvNet(seed=0, dtype_policy=policy)
     images, targets = batch(count=8)
     assert all(w.dtype == tf.float32 for w in model.weights)
-    graph = tf.function(lambda x: model.forpass(x, conv_form)).get_concrete_function(images).graph
+    # In the engine the form runs in (XLA for custom calls).
+    forpass = tf.function(
+        lambda x: model.forpass(x, conv_form), jit_compile=CONV_FORMS[conv_form].xla
+    )
+    graph = forpass.get_concrete_function(images).graph
     ops = graph.get_operations()
     convs_and_matmuls = [op for op in ops if op.type in {"MatMul", *CONV_OP_TYPES.values()}]
     assert {op.type for op in convs_and_matmuls} == {"MatMul", CONV_OP_TYPES[conv_form]}
@@ -38,7 +43,7 @@ def test_policy_dtypes(policy, conv_form):
         # The fused op's forms compute the conv layer in float32 under every policy.
         in_float32 = CONV_FORMS[conv_form].in_float32 and op.type != "MatMul"
         assert op.inputs[0].dtype == (tf.float32 if in_float32 else COMPUTE_DTYPES[policy])
-    logits = model.forpass(images, conv_form)
+    logits = forpass(images)
     assert logits.dtype == tf.float32
     assert cross_entropy(targets, logits).dtype == tf.float32
 

@@ -189,7 +189,8 @@ def test_settings_the_machine_cannot_honour_are_said_before_any_work(finished, t
 
 
 def test_a_run_on_the_fused_op_resumed_with_xla_is_told_and_uses_xlas_form(tmp_path):
-    """XLA cannot compile fastconv's own op: the recorded form is one this run cannot honour."""
+    """XLA cannot compile fastconv's TensorFlow op: the recorded form is one this run cannot
+    honour; it takes the same kernel as custom calls."""
     placement = {
         "shards": 2,
         "threads": [1, 2],
@@ -207,11 +208,34 @@ def test_a_run_on_the_fused_op_resumed_with_xla_is_told_and_uses_xlas_form(tmp_p
         f"{tmp_path / rundir.ENVIRONMENT}); this machine's choice may compute differently"
     ]
     placement = runtime.place(TrainConfig(xla=True), recorded)
-    assert placement.conv_form == "window_patches"
-    assert placement.threads == runtime.thread_counts(2, on_gpu=False, xla=True)
+    assert placement.conv_form == "fused_xla"
+    assert placement.threads == runtime.thread_counts(2, on_gpu=False, conv_form="fused_xla")
     graph_mode, _ = recorded_settings(tmp_path, TrainConfig())
     assert graph_mode["conv_form"] == "fused"  # where the op is built, as here
     assert graph_mode["threads"] == (1, 2)
+
+
+def test_a_run_resumed_under_xla_and_back_goes_on_with_the_kernel_of_each_engine(
+    data_dir, tmp_path, capsys
+):
+    """Graph mode, then --xla, then graph mode again (--no-xla: a resumed run keeps the flags
+    left out), one epoch each, in one run folder: each resume takes the kernel's form for its
+    engine and says so, and the run ends with its three epochs."""
+    logdir = tmp_path / "run"
+    assert cli.main(flags(data_dir, logdir, "--epochs", "1", "--quiet")) == 0
+    for epochs, engine, form, recorded in (
+        ("2", ["--xla"], "fused_xla", "fused"),
+        ("3", ["--no-xla"], "fused", "fused_xla"),
+    ):
+        capsys.readouterr()
+        code, out, err = main(
+            capsys, *flags(data_dir, logdir, "--epochs", epochs, "--resume", *engine)
+        )
+        assert code == 0, err
+        assert f"conv_form {recorded!r} (in {logdir / rundir.ENVIRONMENT})" in err
+        assert rundir.read_json(logdir / rundir.ENVIRONMENT)["placement"]["conv_form"] == form
+        assert f"epoch {epochs}/{epochs}" in out and f"epoch {int(epochs) - 1}/" not in out
+    assert rundir.read_json(logdir / rundir.METRICS)["epochs"] == 3
 
 
 def test_an_xla_run_recorded_with_the_old_patches_form_resumes_on_this_versions_form(tmp_path):

@@ -31,42 +31,49 @@ def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cores):
 def test_the_conv_form_suits_the_engine():
     assert native.unavailable() is None  # the suite's machine builds the fused op
     assert fastest_conv_form(xla=False, on_gpu=False) == "fused"
-    assert fastest_conv_form(xla=True, on_gpu=False) == "window_patches"
+    assert fastest_conv_form(xla=True, on_gpu=False) == "fused_xla"  # custom calls
     assert fastest_conv_form(xla=False, on_gpu=True) == "nn"  # cuDNN runs the book's ops
-    assert fastest_conv_form(xla=True, on_gpu=True) == "window_patches"
+    assert fastest_conv_form(xla=True, on_gpu=True) == "window_patches"  # stock XLA ops
+    # Each form of the kernel runs in its own engine: a resumed run changes it with --xla.
+    assert usable_conv_form("fused_xla", xla=True) and not usable_conv_form("fused_xla")
+    assert usable_conv_form("fused") and not usable_conv_form("fused", xla=True)
 
 
 def test_without_the_fused_op_a_cpu_run_uses_tensorflows_ops_and_says_why(monkeypatch):
     monkeypatch.setattr(native, "unavailable", lambda: "no C++ compiler found (looked for c++)")
     assert fastest_conv_form(xla=False, on_gpu=False) == "batch_channels"
+    assert fastest_conv_form(xla=True, on_gpu=False) == "window_patches"
     assert not usable_conv_form("fused")  # a run recorded with it resumes without it
+    assert not usable_conv_form("fused_xla", xla=True)
     placement = runtime.place(TrainConfig())
     assert placement.conv_form == "batch_channels"
     assert placement.notes == (
         "note: fastconv's fused conv op is not available (no C++ compiler found (looked for "
         "c++)); the first layer runs as TensorFlow's ops",
     )
+    assert runtime.place(TrainConfig(xla=True)).notes == placement.notes  # said under XLA too
 
 
 def test_shards_get_the_cores_between_them(cores):
     cores(2)
-    assert runtime.thread_counts(shards=2, on_gpu=False, xla=False) == (1, 2)
+    assert runtime.thread_counts(shards=2, on_gpu=False, conv_form="fused") == (1, 2)
     # no more ops than cores
-    assert runtime.thread_counts(shards=8, on_gpu=False, xla=False) == (1, 2)
+    assert runtime.thread_counts(shards=8, on_gpu=False, conv_form="fused") == (1, 2)
     cores(16)
-    assert runtime.thread_counts(shards=2, on_gpu=False, xla=False) == (8, 2)
-    assert runtime.thread_counts(shards=1, on_gpu=False, xla=False) is None
-    assert runtime.thread_counts(shards=2, on_gpu=True, xla=False) is None
+    assert runtime.thread_counts(shards=2, on_gpu=False, conv_form="fused") == (8, 2)
+    assert runtime.thread_counts(shards=1, on_gpu=False, conv_form="fused") is None
+    assert runtime.thread_counts(shards=2, on_gpu=True, conv_form="fused") is None
 
 
-def test_xla_shards_share_every_core_for_their_compiled_parts(machine):
-    # XLA's runtime hands a cluster's parallel parts to the intra-op pool the shards share.
+def test_xla_shards_share_every_core_for_the_window_patches_compiled_parts(machine):
+    # XLA's runtime hands that form's parallel parts to the intra-op pool the shards share;
+    # the custom calls of fastconv's kernel take one core per shard, as the op does.
     machine(core_count=2, gpus=0)
-    assert runtime.thread_counts(shards=2, on_gpu=False, xla=True) == (2, 2)
+    assert runtime.thread_counts(shards=2, on_gpu=False, conv_form="window_patches") == (2, 2)
     machine(core_count=16, gpus=0)
-    assert runtime.thread_counts(shards=2, on_gpu=False, xla=True) == (16, 2)
-    assert runtime.thread_counts(shards=1, on_gpu=False, xla=True) is None
-    assert runtime.place(TrainConfig(xla=True, shards=2)).threads == (16, 2)
+    assert runtime.thread_counts(shards=2, on_gpu=False, conv_form="window_patches") == (16, 2)
+    assert runtime.thread_counts(shards=1, on_gpu=False, conv_form="window_patches") is None
+    assert runtime.place(TrainConfig(xla=True, shards=2)).threads == (8, 2)  # fused_xla
     assert runtime.place(TrainConfig(shards=2)).threads == (8, 2)
 
 

@@ -49,6 +49,25 @@ def test_xla_and_graph_steps_agree_to_float32_rounding():
     assert_steps_agree(graph, xla, images, targets)
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 128, 129, 513])
+def test_the_xla_run_steps_as_the_graph_run_with_fastconvs_kernel_as_custom_calls(batch_size):
+    """The trainers a CPU run makes with and without --xla: the same steps to float32
+    rounding (far inside one SGD update), and the compiled step calls the kernel's targets,
+    so a silent fall-back to XLA's own conv cannot pass as the fast path."""
+    images, targets = batch(count=batch_size)
+    graph, xla = (
+        make_trainer(config, runtime.place(config))
+        for config in (TrainConfig(batch_size=batch_size, xla=flag) for flag in (False, True))
+    )
+    assert (graph.conv_form, xla.conv_form) == ("fused", "fused_xla")
+    assert_steps_agree(graph, xla, images, targets)
+    shard = (images[: batch_size // xla.shards], targets[: batch_size // xla.shards], xla.shards)
+    hlo = xla.shard_gradients.experimental_get_compiler_ir(*shard)(stage="optimized_hlo")
+    assert 'custom_call_target="fastconv_conv_relu_pool"' in hlo
+    assert 'custom_call_target="fastconv_conv_relu_pool_grad"' in hlo
+    assert "convolution(" not in hlo
+
+
 @pytest.mark.parametrize("xla", [False, True])
 def test_sharded_step_equals_the_whole_batch_step(xla):
     """Averaging the gradients of equal shards gives the batch's mean gradient."""

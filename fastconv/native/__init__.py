@@ -6,11 +6,14 @@ a vector unit badly; on a 2-core CPU that layer took more time than the dense la
 `conv_relu_pool.h` computes the same function with sixteen images in the lanes of each
 vector, in one pass forward and one backward (bench/RESULTS.md has the measurements).
 
-The op is compiled from `ops.cc` with the C++ compiler (`$CXX`, else c++ or g++), against
-the installed TensorFlow's headers, for this CPU (`-march=native`), once: the library is
-cached under `$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native), keyed by the
-sources, the flags, the compiler, TensorFlow and the CPU. It is built only on CPUs with
-AVX-512. Where it cannot be built or loaded, `unavailable()` says why in one line and
+The same kernel is also two XLA custom-call targets (`xla_targets.cc`), for code that XLA
+compiles, where a TensorFlow op cannot go: `xla_conv_relu_pool` calls them.
+
+The library is compiled from `ops.cc` and `xla_targets.cc` with the C++ compiler (`$CXX`, else
+c++ or g++), against the installed TensorFlow's headers, for this CPU (`-march=native`), once:
+the library is cached under `$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native),
+keyed by the sources, the flags, the compiler, TensorFlow and the CPU. It is built only on CPUs
+with AVX-512. Where it cannot be built or loaded, `unavailable()` says why in one line and
 fastconv computes the layer with TensorFlow's own ops.
 `FASTCONV_NATIVE=0` turns the op off. `python -m fastconv.native` builds it and says how it
 went (scripts/setup.sh runs it, so that a first run does not wait for the compiler).
@@ -34,11 +37,15 @@ from fastconv.importing import import_tensorflow
 import_tensorflow()  # quietly, when this is the first to import it (`python -m fastconv.native`)
 
 import tensorflow as tf  # noqa: E402
+from tensorflow.compiler.tf2xla.python import xla  # noqa: E402
 
-from fastconv.machine import cpu_flags  # noqa: E402
+from fastconv.machine import cpu_cores, cpu_flags  # noqa: E402
 
 SOURCES = Path(__file__).parent
-SOURCE_FILES = ("ops.cc", "conv_relu_pool.h")
+# The translation units, compiled together into one library, and all the files the build key
+# covers.
+COMPILED = ("ops.cc", "xla_targets.cc")
+SOURCE_FILES = (*COMPILED, "conv_relu_pool.h")
 LIBRARY = "fastconv_ops.so"
 # Whether to use the op at all; "0" turns it off (a user's way out, and the tests' way to
 # reach the fallback).
@@ -71,9 +78,13 @@ def _accepts(cxx: str, flag: str) -> bool:
 
 
 FLAGS = ("-shared", "-fPIC", "-O3", "-march=native", "-w")
+# xla_targets.cc registers with xla::CustomCallTargetRegistry, which libtensorflow_cc exports
+# (TensorFlow's link flags name libtensorflow_framework only). At load time the library
+# binds to the copy TensorFlow has loaded already: one registry, the one XLA reads.
+XLA_LINK_FLAGS = ("-l:libtensorflow_cc.so.2",)
 
 
-def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
+def compile_command(cxx: str, sources: list[Path], output: Path) -> list[str]:
     flags = list(FLAGS)
     if "avx512_fp16" in cpu_flags() and _accepts(cxx, "-mno-avx512fp16"):
         # Eigen's AVX512-FP16 code in TensorFlow's headers does not compile with GCC 12
@@ -83,10 +94,11 @@ def compile_command(cxx: str, source: Path, output: Path) -> list[str]:
         cxx,
         *flags,
         *tf.sysconfig.get_compile_flags(),
-        str(source),
+        *map(str, sources),
         "-o",
         str(output),
         *tf.sysconfig.get_link_flags(),
+        *XLA_LINK_FLAGS,
     ]
 
 
@@ -99,7 +111,12 @@ def _build_key(cxx: str) -> str:
         digest.update(name.encode() + (SOURCES / name).read_bytes())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     cpu = " ".join(sorted(cpu_flags()))
-    flags = [*FLAGS, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    flags = [
+        *FLAGS,
+        *tf.sysconfig.get_compile_flags(),
+        *tf.sysconfig.get_link_flags(),
+        *XLA_LINK_FLAGS,
+    ]
     digest.update("\0".join([cxx, *flags, version, tf.__version__, cpu]).encode())
     return digest.hexdigest()[:16]
 
@@ -122,18 +139,19 @@ def build(verbose: bool = False) -> Path:
         if target.exists():
             return target
         if verbose:
-            print(f"fastconv.native: compiling {SOURCES / 'ops.cc'} ...", flush=True)
+            print(f"fastconv.native: compiling {', '.join(COMPILED)} in {SOURCES} ...", flush=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             partial = Path(scratch) / LIBRARY
-            command = compile_command(cxx, SOURCES / "ops.cc", partial)
+            names = " + ".join(COMPILED)
+            command = compile_command(cxx, [SOURCES / name for name in COMPILED], partial)
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=900)
             except subprocess.TimeoutExpired:
-                raise NativeUnavailable(f"{Path(cxx).name} took over 900 s on ops.cc") from None
+                raise NativeUnavailable(f"{Path(cxx).name} took over 900 s on {names}") from None
             if done.returncode:
                 errors = [line for line in done.stderr.splitlines() if "error:" in line]
                 first = (errors or done.stderr.splitlines() or ["no output"])[0].strip()
-                raise NativeUnavailable(f"{Path(cxx).name} failed on ops.cc: {first}")
+                raise NativeUnavailable(f"{Path(cxx).name} failed on {names}: {first}")
             os.replace(partial, target)  # whole or not at all
     return target
 
@@ -215,6 +233,78 @@ def _images_gradient(images, kernel, winner, grad_features):
         tf.transpose(windows, [0, 1, 4, 2, 5, 3]), [batch, height, width, kernels]
     )
     return tf.nn.conv2d_transpose(conv_grad, kernel, tf.shape(images), strides=1, padding="SAME")
+
+
+# The XLA custom-call targets of xla_targets.cc, registered when the library loads.
+XLA_FORWARD = "fastconv_conv_relu_pool"
+XLA_BACKWARD = "fastconv_conv_relu_pool_grad"
+
+
+def xla_conv_relu_pool(images: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """`conv_relu_pool` for code that XLA compiles (`tf.function(jit_compile=True)`), where
+    the op cannot go: the same kernel, called as XLA custom calls. Takes float32 images
+    (B, H, W, 1), a kernel (3, 3, 1, K) and a bias (K), and returns the float32 features
+    (H/2 * W/2 * K, B), one image per column, as `conv_relu_pool` does; differentiable in
+    `kernel` and `bias` by the backward target, and in the images by TensorFlow's ops.
+
+    The shapes, the batch size included, must be known when the function is traced (a custom
+    call's result shapes are fixed in the graph): a tf.function traces again for each new
+    batch size, but not with a free batch dimension in its input_signature. NativeUnavailable
+    where the library cannot be built or loaded, as `ops()`.
+    """
+    ops()  # loading the library registers the targets
+    images, kernel, bias = (tf.convert_to_tensor(t, tf.float32) for t in (images, kernel, bias))
+    config = _xla_config(images.shape, kernel.shape, bias.shape)
+    features_spec = tf.TensorSpec(
+        [images.shape[1] // 2 * (images.shape[2] // 2) * kernel.shape[3], images.shape[0]]
+    )
+
+    @tf.custom_gradient
+    def conv_relu_pool(images, kernel, bias):
+        features, winner = xla.custom_call_v2(
+            XLA_FORWARD,
+            [images, kernel, bias],
+            [features_spec, tf.TensorSpec(features_spec.shape, tf.uint8)],
+            backend_config=config,
+        )
+
+        def gradient(grad_features):
+            kernel_grad, bias_grad = xla.custom_call_v2(
+                XLA_BACKWARD,
+                [images, winner, grad_features],
+                [tf.TensorSpec(kernel.shape), tf.TensorSpec(bias.shape)],
+                backend_config=config,
+            )
+            # The images' gradient costs nothing where nobody reads it: XLA drops it.
+            images_grad = _images_gradient(images, kernel, winner, grad_features)
+            return images_grad, kernel_grad, bias_grad
+
+        return features, gradient
+
+    return conv_relu_pool(images, kernel, bias)
+
+
+def _xla_config(images: tf.TensorShape, kernel: tf.TensorShape, bias: tf.TensorShape) -> str:
+    """The targets' backend_config: the geometry (from the operands' static shapes, checked
+    here as the op checks them) and the threads to spread the blocks over."""
+    if images.rank != 4 or images[3] != 1 or not images[1:3].is_fully_defined():
+        raise ValueError(f"images must be (batch, height, width, 1), got {images}")
+    batch, height, width, _ = images
+    if height % 2 or width % 2:
+        raise ValueError(f"images must have an even height and width, got {images}")
+    if batch is None:
+        raise ValueError(
+            f"images {images}: the batch size must be known when traced (a custom call's "
+            "result shapes are fixed in the graph); give the tf.function no free batch "
+            "dimension in its input_signature"
+        )
+    if kernel.rank != 4 or kernel[:3] != (3, 3, 1) or kernel[3] is None:
+        raise ValueError(f"kernel must be (3, 3, 1, kernels), got {kernel}")
+    if bias != (kernel[3],):
+        raise ValueError(f"bias must be (kernels,) = ({kernel[3]},), got {bias}")
+    # TensorFlow's intra-op setting, else the CPUs this process may run on, as TensorFlow does.
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or cpu_cores()
+    return f"batch={batch} height={height} width={width} kernels={kernel[3]} threads={threads}"
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
 // conv 3x3 SAME + bias -> ReLU -> 2x2 max pool for one input channel, and the gradient of its
 // kernel and bias, on a CPU: the arithmetic of fastconv's fused first layer, free of
-// TensorFlow (ops.cc wraps it as two TensorFlow ops).
+// TensorFlow (ops.cc wraps it as two TensorFlow ops, xla_targets.cc as two XLA custom-call
+// targets).
 //
 // Sixteen images sit in the lanes of one vector (the batch is the minor dimension), so every
 // step is a plain vertical multiply-add or max whatever the number of kernels, the 28x28
@@ -236,6 +237,23 @@ inline void ConvReluPoolGrad(const float* images, const uint8_t* winner, const f
       }
     }
   });
+}
+
+// The kernel's gradient dw (3, 3, 1, K) and the bias's db (K): the lanes of the sums of
+// `parts` runs of ConvReluPoolGrad (each K * kSums vectors, one after the other) added up, in
+// double so that the order of the parts does not show.
+inline void TotalGradient(const Lanes* sums, int64_t parts, int64_t kernels, float* dw,
+                          float* db) {
+  for (int64_t k = 0; k < kernels; ++k) {
+    for (int t = 0; t < kSums; ++t) {
+      double total = 0;
+      for (int64_t part = 0; part < parts; ++part) {
+        const Lanes& lanes = sums[(part * kernels + k) * kSums + t];
+        for (int lane = 0; lane < kLanes; ++lane) total += lanes[lane];
+      }
+      (t < kTaps ? dw[t * kernels + k] : db[k]) = static_cast<float>(total);
+    }
+  }
 }
 
 }  // namespace fastconv

@@ -118,18 +118,8 @@ class ConvReluPoolGradOp : public OpKernel {
                                    &sums[part * g.kernels * kSums]);
       }
     });
-    float* dw = kernel_grad->flat<float>().data();  // (3, 3, 1, K): dw[t * K + k]
-    float* db = bias_grad->flat<float>().data();
-    for (int64_t k = 0; k < g.kernels; ++k) {
-      for (int t = 0; t < kSums; ++t) {
-        double total = 0;
-        for (int64_t part = 0; part < parts; ++part) {
-          const Lanes& lanes = sums[(part * g.kernels + k) * kSums + t];
-          for (int lane = 0; lane < kLanes; ++lane) total += lanes[lane];
-        }
-        (t < kTaps ? dw[t * g.kernels + k] : db[k]) = static_cast<float>(total);
-      }
-    }
+    fastconv::TotalGradient(sums.data(), parts, g.kernels, kernel_grad->flat<float>().data(),
+                            bias_grad->flat<float>().data());
   }
 };
 
