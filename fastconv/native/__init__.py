@@ -125,8 +125,8 @@ def build(verbose: bool = False) -> Path:
     """The compiled library, built now unless the cache has it; NativeUnavailable if this
     CPU lacks AVX-512 or the compiler fails (its first error line in the message)."""
     if "avx512f" not in cpu_flags():
-        # Without it GCC splits each 16-lane vector and the op ran 10x slower than with it,
-        # slower than TensorFlow's ops.
+        # Without it GCC splits each 16-lane vector, and the op runs slower than TensorFlow's
+        # ops (bench/RESULTS.md).
         raise NativeUnavailable("this CPU has no AVX-512, which the op needs to be fast")
     cxx = compiler()
     target = cache_dir() / _build_key(cxx) / LIBRARY
