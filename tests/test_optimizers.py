@@ -129,6 +129,24 @@ def test_the_compiled_step_follows_the_schedule_without_retracing():
     assert trainer.trace_count() == traced
 
 
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw"])
+def test_every_optimizer_steps_at_its_schedules_rate(name):
+    """Cosine decay from 0.1 over one epoch of 20 steps: 0.1, 0.05 and 0.0006 at steps 0, 10
+    and 19, as the optimizer reads it when it steps. A rate left at the peak is off by 100%
+    at step 19, far above the tolerance; for plain SGD the step itself is checked too."""
+    config = TrainConfig(optimizer=name, learning_rate=0.1, schedule="cosine", epochs=1)
+    optimizer = make_optimizer(config, steps_per_epoch=20)
+    weight = tf.Variable([1.0])
+    optimizer.build([weight])
+    for step, expected in {0: 0.1, 10: 0.05, 19: 0.05 * (1 + np.cos(np.pi * 19 / 20))}.items():
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5), step
+        if name == "sgd":  # w <- w - rate * gradient, with a gradient of 1
+            before = float(weight[0])
+            optimizer.apply_gradients([(tf.constant([1.0]), weight)])
+            assert before - float(weight[0]) == pytest.approx(expected, abs=1e-6), step
+
+
 def test_warmup_needs_a_schedule_and_fits_the_run():
     with pytest.raises(ConfigError, match="needs --schedule cosine or onecycle"):
         TrainConfig(warmup_epochs=1.0)
