@@ -80,6 +80,23 @@ def test_each_optimizer_follows_its_formula(name, decay):
     assert np.abs(kernel.numpy() - other[0]).max() > 1e-2
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_trainers_optimizer_decays_the_kernels_and_not_the_biases(name):
+    """The trainer as `make_trainer` builds it, with decay 0.1 at rate 0.1: a step of zero
+    gradients takes every kernel from 1.0 to 0.99 and leaves every bias at 1.0."""
+    config = TrainConfig(optimizer=name, learning_rate=0.1, weight_decay=0.1)
+    trainer = make_trainer(config, runtime.place(config))
+    model = trainer.model
+    for weight in model.weights:
+        weight.assign(tf.ones_like(weight))
+    zeros = [tf.zeros_like(weight) for weight in model.weights]
+    trainer.optimizer.apply_gradients(zip(zeros, model.weights))
+    for kernel in (model.conv_w, model.w1, model.w2):
+        np.testing.assert_allclose(kernel.numpy(), 0.99, rtol=1e-6, err_msg=kernel.name)
+    for bias in model.biases:
+        np.testing.assert_array_equal(bias.numpy(), 1.0, err_msg=bias.name)
+
+
 SCHEDULE_POINTS = {
     # schedule, warm-up epochs: {step: rate} for a peak of 0.1 over 10 epochs of 100 steps
     ("onecycle", 2): {0: 0.0, 100: 0.05, 200: 0.1, 600: 0.05, 900: 0.0125, 1000: 0.0, 1500: 0.0},
