@@ -97,6 +97,29 @@ def test_sigusr1_saves_a_checkpoint_between_blocks_and_the_run_goes_on(
     assert json.loads((tmp_path / rundir.METRICS).read_text())["epochs"] == 2
 
 
+def test_a_resume_stopped_while_compiling_leaves_no_uncommitted_checkpoint(
+    data_dir, tmp_path, stop_at, capsys
+):
+    """Killed (-9) inside the write of ckpt-100, the run leaves its files beside an index
+    whose latest is ckpt-50. A resumed run discards them before it compiles, so a stop
+    while compiling leaves the folder as the index has it."""
+    checkpoints = tmp_path / rundir.CHECKPOINTS
+    with run_paused_in_checkpoint(data_dir, tmp_path, "--epochs", "2", step=100) as killed:
+        killed.kill()
+        killed.wait()
+    assert (checkpoints / "ckpt-100.index").exists()  # written, never committed
+    stop_at("compile", "SIGTERM")
+    code, _, err = main(capsys, *flags(data_dir, tmp_path, "--epochs", "2"), "--resume")
+    assert code == 143, err
+    assert "while compiling; the last good checkpoint" in err
+    assert tf.train.latest_checkpoint(str(checkpoints)) == str(checkpoints / "ckpt-50")
+    assert sorted(path.name for path in checkpoints.iterdir()) == [
+        "checkpoint",
+        "ckpt-50.data-00000-of-00001",
+        "ckpt-50.index",
+    ]
+
+
 def test_a_stop_during_the_final_evaluation_writes_the_results(data_dir, tmp_path, stop_at, capsys):
     stop_at("final-evaluation", "SIGINT")
     code, _, err = main(capsys, *flags(data_dir, tmp_path, "--epochs", "2"))
