@@ -46,43 +46,66 @@ def test_fused_op_equals_tensorflows_ops_on_real_images(fashion_mnist, batch):
         np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
-GRADIENT_WITH_THREADS = """
+THREADS_SCRIPT = """
 import sys
 import numpy as np
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
 from fastconv import native
-rng = np.random.default_rng(0)
-images = tf.constant(rng.random((100, 28, 28, 1)), tf.float32)
-kernel = tf.constant(rng.normal(0, 0.5, (3, 3, 1, 10)), tf.float32)
-bias = tf.constant(rng.normal(0, 0.1, 10), tf.float32)
-upstream = tf.constant(rng.normal(size=(1960, 100)), tf.float32)
+inputs = np.load(sys.argv[2])
+names = ("images", "kernel", "bias", "upstream")
+images, kernel, bias, upstream = (tf.constant(inputs[name]) for name in names)
 with tf.GradientTape() as tape:
     tape.watch([kernel, bias])
-    objective = tf.reduce_sum(native.conv_relu_pool(images, kernel, bias) * upstream)
-gradients = tape.gradient(objective, [kernel, bias])
-np.save(sys.argv[2], np.concatenate([g.numpy().ravel() for g in gradients]))
+    features = native.conv_relu_pool(images, kernel, bias)
+    objective = tf.reduce_sum(features * upstream)
+d_kernel, d_bias = tape.gradient(objective, [kernel, bias])
+np.savez(sys.argv[3], features=features, d_kernel=d_kernel, d_bias=d_bias)
 """
+THREADED_BATCH = 4096  # 256 blocks of 16 images: every thread has many, and they overlap
 
 
-def test_the_gradient_summed_by_two_threads_equals_one_threads(tmp_path):
-    """With two intra-op threads the backward op splits the 7 blocks of 16 images between
-    them, each summing into its own lanes, added up after."""
-    for threads in (1, 2):
+def dyadic(values: np.ndarray, step: float) -> np.ndarray:
+    """`values` rounded to multiples of `step` (a power of 2), as float32."""
+    return (np.round(values / step) * step).astype(np.float32)
+
+
+def test_the_fused_op_on_1_to_4_threads_equals_float64_tensorflow(tmp_path):
+    """Forward and backward on a batch big enough that the op's threads run at once, each on
+    its own blocks and into its own partial sums of the gradient, added up after.
+
+    Every input is a multiple of a power of 2, small enough that every product and sum of
+    the op, and of TensorFlow's ops in float64, is exact: the float32 op must equal the
+    float64 reference bit for bit, on any number of threads, and any sum lost to a race or
+    counted twice shows. (On arbitrary floats a window whose two largest values are within
+    float32's rounding routes the gradient elsewhere than float64 does, off by ~1e-3.)"""
+    rng = np.random.default_rng(9)
+    inputs = {
+        "images": dyadic(rng.random((THREADED_BATCH, 28, 28, 1)), 2**-8),
+        "kernel": dyadic(rng.normal(0, 0.5, (3, 3, 1, 10)).clip(-1, 1), 2**-6),
+        "bias": dyadic(rng.normal(0, 0.1, 10), 2**-6),
+        "upstream": dyadic(rng.normal(size=(1960, THREADED_BATCH)).clip(-2, 2), 2**-3),
+    }
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    images, kernel, bias, upstream = (tf.constant(v, tf.float64) for v in inputs.values())
+    with tf.GradientTape() as tape:
+        tape.watch([kernel, bias])
+        conv = tf.nn.conv2d(images, kernel, strides=1, padding="SAME") + bias
+        pooled = tf.nn.max_pool2d(tf.nn.relu(conv), ksize=2, strides=2, padding="VALID")
+        features = tf.transpose(tf.reshape(pooled, [THREADED_BATCH, -1]))  # the op's layout
+        objective = tf.reduce_sum(features * upstream)
+    d_kernel, d_bias = tape.gradient(objective, [kernel, bias])
+    expected = {"features": features, "d_kernel": d_kernel, "d_bias": d_bias}
+    for threads in (1, 2, 3, 4):
+        output = tmp_path / f"{threads}.npz"
+        arguments = [str(threads), str(tmp_path / "inputs.npz"), str(output)]
         run = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                GRADIENT_WITH_THREADS,
-                str(threads),
-                str(tmp_path / f"{threads}"),
-            ],
-            capture_output=True,
-            text=True,
+            [sys.executable, "-c", THREADS_SCRIPT, *arguments], capture_output=True, text=True
         )
         assert run.returncode == 0, run.stderr
-    one, two = np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy")
-    np.testing.assert_allclose(two, one, rtol=0, atol=1e-5 * np.abs(one).max())
+        actual = np.load(output)
+        for name, value in expected.items():
+            np.testing.assert_array_equal(actual[name], value.numpy(), err_msg=(threads, name))
 
 
 def test_a_nan_pixel_makes_its_windows_features_nan_as_tensorflows_ops_do():
