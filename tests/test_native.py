@@ -108,20 +108,6 @@ def test_the_fused_op_on_1_to_4_threads_equals_float64_tensorflow(tmp_path):
             np.testing.assert_array_equal(actual[name], value.numpy(), err_msg=(threads, name))
 
 
-def test_a_nan_pixel_makes_its_windows_features_nan_as_tensorflows_ops_do():
-    """A diverging run must be seen to diverge: NaN is not taken for 'not above zero' by the
-    ReLU nor passed over by the max."""
-    images = np.full((2, 28, 28, 1), 0.5, np.float32)
-    images[0, 9, 13, 0] = np.nan  # in pool window (4, 6): its conv outputs reach (8-10, 12-14)
-    features = native.conv_relu_pool(
-        tf.constant(images), tf.fill([3, 3, 1, 10], -1.0), tf.zeros([10])
-    ).numpy()
-    by_window = features.reshape(14, 14, 10, 2)
-    assert np.isnan(by_window[4, 6, :, 0]).all() and np.isnan(by_window[5, 7, :, 0]).all()
-    assert not np.isnan(by_window[:, :, :, 1]).any()  # the other image is untouched
-    assert (by_window[:, :, :, 1] == 0).all()  # and all below zero, so ReLU's 0
-
-
 def test_bad_shapes_are_errors_naming_the_shape():
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be .*\[4,27,28,1\]"):
         native.conv_relu_pool(tf.zeros([4, 27, 28, 1]), tf.zeros([3, 3, 1, 10]), tf.zeros([10]))
@@ -237,6 +223,22 @@ def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_
     standardized = pipeline.Standardization()(tf.constant(images[..., None], tf.float32))
     expected = tf.nn.softmax(trainer.forpass(standardized)).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "loaded.npy"), expected, atol=1e-5)
+
+
+def test_an_exported_model_with_a_nan_weight_predicts_nan_as_the_trainer_does(tmp_path):
+    """The export computes the fused op's function with TensorFlow's ops, whose pool passes
+    over a NaN; it must pool to NaN as the op does (`fastconv.model.nan_where_nan`), or a
+    diverged model would give finite probabilities."""
+    trainer = Trainer(ConvNet(seed=4), 0.05, conv_form="fused")
+    kernels = trainer.model.conv_w.numpy()
+    kernels[1, 1, 0, 3] = np.nan
+    trainer.model.conv_w.assign(kernels)
+    images = np.random.default_rng(5).integers(0, 256, (4, 28, 28), np.uint8)
+    standardized = pipeline.Standardization()(tf.constant(images[..., None], tf.float32))
+    assert np.isnan(trainer.forpass(standardized).numpy()).all()
+    model = export.export(trainer, pipeline.Standardization(), tmp_path / "model")
+    classify = tf.saved_model.load(str(model)).signatures["serving_default"]
+    assert np.isnan(classify(images=tf.constant(images))["probabilities"].numpy()).all()
 
 
 @pytest.mark.parametrize("level", ["1", "2"])
