@@ -50,9 +50,10 @@ THREADS_SCRIPT = """
 import sys
 import numpy as np
 import tensorflow as tf
-tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))  # before any op
 from fastconv import native
-inputs = np.load(sys.argv[2])
+threads, folder = sys.argv[1], sys.argv[2]
+inputs = np.load(f"{folder}/inputs.npz")
 names = ("images", "kernel", "bias", "upstream")
 images, kernel, bias, upstream = (tf.constant(inputs[name]) for name in names)
 with tf.GradientTape() as tape:
@@ -60,7 +61,7 @@ with tf.GradientTape() as tape:
     features = native.conv_relu_pool(images, kernel, bias)
     objective = tf.reduce_sum(features * upstream)
 d_kernel, d_bias = tape.gradient(objective, [kernel, bias])
-np.savez(sys.argv[3], features=features, d_kernel=d_kernel, d_bias=d_bias)
+np.savez(f"{folder}/{threads}.npz", features=features, d_kernel=d_kernel, d_bias=d_bias)
 """
 THREADED_BATCH = 4096  # 256 blocks of 16 images: every thread has many, and they overlap
 
@@ -97,13 +98,13 @@ def test_the_fused_op_on_1_to_4_threads_equals_float64_tensorflow(tmp_path):
     d_kernel, d_bias = tape.gradient(objective, [kernel, bias])
     expected = {"features": features, "d_kernel": d_kernel, "d_bias": d_bias}
     for threads in (1, 2, 3, 4):
-        output = tmp_path / f"{threads}.npz"
-        arguments = [str(threads), str(tmp_path / "inputs.npz"), str(output)]
         run = subprocess.run(
-            [sys.executable, "-c", THREADS_SCRIPT, *arguments], capture_output=True, text=True
+            [sys.executable, "-c", THREADS_SCRIPT, str(threads), str(tmp_path)],
+            capture_output=True,
+            text=True,
         )
         assert run.returncode == 0, run.stderr
-        actual = np.load(output)
+        actual = np.load(tmp_path / f"{threads}.npz")
         for name, value in expected.items():
             np.testing.assert_array_equal(actual[name], value.numpy(), err_msg=(threads, name))
 
