@@ -69,6 +69,9 @@ class ConvNet(tf.Module):
         XLA custom calls under XLA ("fused_xla"); without it, "batch_channels" in graph mode
         and "window_patches" under XLA. `weights` computes with other values of the six
         variables, in the order of `weights` (moving averages).
+
+        In every form, and in the exported model, a pooling window that holds a NaN gives a
+        NaN feature, so a diverging run shows as NaN wherever it is computed.
         """
         weights = weights or self.weights
         conv_w, conv_b, w1, b1, w2, b2 = (self._compute(w) for w in weights)
@@ -114,8 +117,26 @@ def conv_relu_pool_nn(images, conv_w, conv_b):
     and their gradients then touch a quarter of the data.
     """
     conv = tf.nn.conv2d(images, conv_w, strides=1, padding="SAME")
-    pooled = tf.nn.max_pool2d(conv, ksize=2, strides=2, padding="VALID")
+    pooled = max_pool(conv)
     return tf.reshape(tf.nn.relu(tf.nn.bias_add(pooled, conv_b)), [tf.shape(images)[0], -1])
+
+
+def max_pool(conv):
+    """The 2x2 max pool of `conv` (B, H, W, C), where a window holding a NaN pools to NaN."""
+    pooled = tf.nn.max_pool2d(conv, ksize=WINDOW, strides=WINDOW, padding="VALID")
+    return nan_where_nan(pooled, tf.nn.avg_pool2d(conv, WINDOW, WINDOW, padding="VALID"))
+
+
+def nan_where_nan(maxima, window_sums):
+    """The windows' `maxima`, NaN where `window_sums` (their sums or means) are NaN.
+
+    TensorFlow's max_pool2d and XLA's max on a CPU pass over a NaN ([nan, 1, 2, 3] -> 3,
+    and a window of NaNs only to the lowest float, which the ReLU makes 0), where the fused
+    op keeps it: a diverging run would look finite in one form and not in another. A sum is
+    NaN where its window holds a NaN (or, in a run already past float32's range, infinities
+    of both signs); it feeds the condition only, so the gradient holds no term of it.
+    """
+    return tf.where(tf.math.is_nan(window_sums), tf.constant(float("nan"), maxima.dtype), maxima)
 
 
 def conv_relu_pool_batch_channels(images, conv_w, conv_b):
@@ -148,7 +169,7 @@ def conv_relu_pool_batch_channels(images, conv_w, conv_b):
         [KERNEL_SIZE, KERNEL_SIZE, -1, 1],
     )
     conv = tf.nn.depthwise_conv2d(one_image, kernels, strides=[1, 1, 1, 1], padding="SAME")
-    pooled = tf.nn.max_pool2d(conv, ksize=2, strides=2, padding="VALID")  # (1, 14, 14, K*B)
+    pooled = max_pool(conv)  # (1, 14, 14, K*B)
     biases = tf.reshape(tf.broadcast_to(tf.expand_dims(conv_b, 1), [n_kernels, batch]), [-1])
     activated = tf.nn.relu(tf.nn.bias_add(pooled, biases))
     return tf.reshape(activated, [POOLED_SIZE * POOLED_SIZE * n_kernels, batch])
@@ -173,7 +194,8 @@ def conv_relu_pool_window_patches(images, conv_w, conv_b):
     n_kernels = conv_w.shape[-1]
     batch = tf.shape(images)[0]
     conv = tf.matmul(_window_kernels(conv_w), _neighbourhoods(images))  # (4*K, B*14*14)
-    pooled = tf.reduce_max(tf.reshape(conv, [WINDOW * WINDOW, n_kernels, -1]), axis=0)
+    windows = tf.reshape(conv, [WINDOW * WINDOW, n_kernels, -1])
+    pooled = nan_where_nan(tf.reduce_max(windows, axis=0), tf.reduce_sum(windows, axis=0))
     activated = tf.nn.relu(pooled + tf.expand_dims(conv_b, 1))  # (K, B*14*14)
     # Back to the book's (B, 14, 14, K) order before flattening, so w1 keeps its meaning.
     by_image = tf.reshape(activated, [n_kernels, batch, POOLED_SIZE * POOLED_SIZE])

@@ -10,6 +10,7 @@ from fastconv import data, pipeline
 from fastconv.augment import Augmentation
 from fastconv.config import TrainConfig
 from fastconv.model import ConvNet
+from fastconv.run import train_and_evaluate
 from fastconv.trainer import Trainer
 
 
@@ -122,3 +123,31 @@ def test_augmented_training_is_the_same_resident_or_streamed():
         runs.append([w.numpy() for w in trainer.model.weights])
     for streamed, resident in zip(*runs):
         np.testing.assert_allclose(resident, streamed, rtol=1e-5, atol=1e-7)
+
+
+def test_a_run_with_shifts_scores_the_validation_and_test_images_as_they_are():
+    """--augment --shift 2 changes the training batches only: the run's validation and test
+    scores are its final weights' on the images unchanged. (Without TTA, whose mirrors
+    would hide a flip of the evaluated images.)"""
+    config = TrainConfig(epochs=1, batch_size=32, augment=True, shift=2, learning_rate=0.05)
+    dataset = synthetic_dataset()
+    result = train_and_evaluate(config, dataset, log=lambda line: None)
+    split = data.book_split(dataset, config)
+    standardize = pipeline.Standardization.named(config.standardize, split.train_images)
+
+    def scored(images, labels):
+        evaluation = pipeline.evaluation_set(images, labels, config.eval_batch_size, standardize)
+        return result.trainer.evaluate(evaluation)
+
+    validation = scored(split.validation_images, split.validation_labels)
+    test = scored(split.test_images, split.test_labels)
+    # The same computation on the same weights: equal but for summation order.
+    assert result.val_loss == pytest.approx(float(validation.loss), rel=1e-6)
+    assert result.val_accuracy == pytest.approx(float(validation.accuracy), abs=1e-9)
+    assert result.test_loss == pytest.approx(float(test.loss), rel=1e-6)
+    assert result.test_accuracy == pytest.approx(float(test.accuracy), abs=1e-9)
+    # Shifted as a training batch is, the validation images score differently, by far more
+    # than the tolerance above.
+    shifted = Augmentation(config.seed, config.shift)(split.validation_images[..., None], 0)
+    moved = scored(shifted.numpy()[..., 0], split.validation_labels)
+    assert abs(float(moved.loss) - result.val_loss) > 1e-4 * result.val_loss

@@ -98,6 +98,49 @@ def test_batch_reshaping_forms_take_any_batch_size_in_one_trace(conv_form, jit_c
     assert forpass.experimental_get_tracing_count() == 1
 
 
+FORMS_AND_ENGINES = [
+    (name, jit_compile)
+    for name, form in CONV_FORMS.items()
+    for jit_compile in (False, True)
+    if form.xla in (None, jit_compile)  # each form in the engines it runs in
+]
+
+
+def pooled_features(conv_form, jit_compile, images, conv_w, conv_b) -> np.ndarray:
+    """A form's conv + ReLU + pool features as (B, 14, 14, K)."""
+    form = CONV_FORMS[conv_form]
+    flat = tf.function(form.conv_relu_pool, jit_compile=jit_compile)(images, conv_w, conv_b)
+    flat = tf.transpose(flat) if form.images_in_columns else flat
+    return flat.numpy().reshape(images.shape[0], 14, 14, -1)
+
+
+@pytest.mark.parametrize("conv_form, jit_compile", FORMS_AND_ENGINES)
+def test_a_window_holding_a_nan_pools_to_nan_in_every_form(conv_form, jit_compile):
+    """A diverging run must be seen to diverge in every form, the export's included: NaN is
+    neither taken for 'not above zero' by the ReLU nor passed over by the max, as
+    TensorFlow's max_pool2d and XLA's max on a CPU pass over it ([nan, 1, 2, 3] -> 3)."""
+    images = np.full((2, 28, 28, 1), 0.5, np.float32)
+    images[0, 9, 13, 0] = np.nan  # its conv outputs reach rows 8-10, columns 12-14
+    kernels = tf.fill([3, 3, 1, 10], -1.0)  # every other output below zero: ReLU's 0
+    features = pooled_features(conv_form, jit_compile, tf.constant(images), kernels, tf.zeros([10]))
+    nan_windows = np.zeros((2, 14, 14, 10), bool)
+    nan_windows[0, 4:6, 6:8] = True  # the windows of rows 8-11, columns 12-15
+    np.testing.assert_array_equal(np.isnan(features), nan_windows)
+    assert (features[~nan_windows] == 0).all()
+
+
+@pytest.mark.parametrize("conv_form, jit_compile", FORMS_AND_ENGINES)
+def test_a_nan_weight_makes_its_kernels_features_nan_in_every_form(conv_form, jit_compile):
+    """A NaN in one kernel makes every window of that kernel all NaN: TensorFlow's pool
+    takes such a window to the lowest float, which the ReLU makes 0, a finite feature."""
+    images = tf.constant(np.random.default_rng(8).random((3, 28, 28, 1)), tf.float32)
+    kernels = np.random.default_rng(9).normal(0, 0.5, (3, 3, 1, 10)).astype(np.float32)
+    kernels[1, 1, 0, 3] = np.nan
+    features = pooled_features(conv_form, jit_compile, images, tf.constant(kernels), tf.zeros([10]))
+    assert np.isnan(features[..., 3]).all()
+    assert not np.isnan(np.delete(features, 3, axis=-1)).any()
+
+
 def flat_regions(rng, count):
     """Images like Fashion-MNIST's: a zero background and blocks of one grey each, where
     equal patches give equal conv values, so the pool meets ties: in the background, and

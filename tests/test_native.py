@@ -46,57 +46,67 @@ def test_fused_op_equals_tensorflows_ops_on_real_images(fashion_mnist, batch):
         np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
-GRADIENT_WITH_THREADS = """
+THREADS_SCRIPT = """
 import sys
 import numpy as np
 import tensorflow as tf
-tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))  # before any op
 from fastconv import native
-rng = np.random.default_rng(0)
-images = tf.constant(rng.random((100, 28, 28, 1)), tf.float32)
-kernel = tf.constant(rng.normal(0, 0.5, (3, 3, 1, 10)), tf.float32)
-bias = tf.constant(rng.normal(0, 0.1, 10), tf.float32)
-upstream = tf.constant(rng.normal(size=(1960, 100)), tf.float32)
+threads, folder = sys.argv[1], sys.argv[2]
+inputs = np.load(f"{folder}/inputs.npz")
+names = ("images", "kernel", "bias", "upstream")
+images, kernel, bias, upstream = (tf.constant(inputs[name]) for name in names)
 with tf.GradientTape() as tape:
     tape.watch([kernel, bias])
-    objective = tf.reduce_sum(native.conv_relu_pool(images, kernel, bias) * upstream)
-gradients = tape.gradient(objective, [kernel, bias])
-np.save(sys.argv[2], np.concatenate([g.numpy().ravel() for g in gradients]))
+    features = native.conv_relu_pool(images, kernel, bias)
+    objective = tf.reduce_sum(features * upstream)
+d_kernel, d_bias = tape.gradient(objective, [kernel, bias])
+np.savez(f"{folder}/{threads}.npz", features=features, d_kernel=d_kernel, d_bias=d_bias)
 """
+THREADED_BATCH = 4096  # 256 blocks of 16 images: every thread has many, and they overlap
 
 
-def test_the_gradient_summed_by_two_threads_equals_one_threads(tmp_path):
-    """With two intra-op threads the backward op splits the 7 blocks of 16 images between
-    them, each summing into its own lanes, added up after."""
-    for threads in (1, 2):
+def dyadic(values: np.ndarray, step: float) -> np.ndarray:
+    """`values` rounded to multiples of `step` (a power of 2), as float32."""
+    return (np.round(values / step) * step).astype(np.float32)
+
+
+def test_the_fused_op_on_1_to_4_threads_equals_float64_tensorflow(tmp_path):
+    """Forward and backward on a batch big enough that the op's threads run at once, each on
+    its own blocks and into its own partial sums of the gradient, added up after.
+
+    Every input is a multiple of a power of 2, small enough that every product and sum of
+    the op, and of TensorFlow's ops in float64, is exact: the float32 op must equal the
+    float64 reference bit for bit, on any number of threads, and any sum lost to a race or
+    counted twice shows. (On arbitrary floats a window whose two largest values are within
+    float32's rounding routes the gradient elsewhere than float64 does, off by ~1e-3.)"""
+    rng = np.random.default_rng(9)
+    inputs = {
+        "images": dyadic(rng.random((THREADED_BATCH, 28, 28, 1)), 2**-8),
+        "kernel": dyadic(rng.normal(0, 0.5, (3, 3, 1, 10)).clip(-1, 1), 2**-6),
+        "bias": dyadic(rng.normal(0, 0.1, 10), 2**-6),
+        "upstream": dyadic(rng.normal(size=(1960, THREADED_BATCH)).clip(-2, 2), 2**-3),
+    }
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    images, kernel, bias, upstream = (tf.constant(v, tf.float64) for v in inputs.values())
+    with tf.GradientTape() as tape:
+        tape.watch([kernel, bias])
+        conv = tf.nn.conv2d(images, kernel, strides=1, padding="SAME") + bias
+        pooled = tf.nn.max_pool2d(tf.nn.relu(conv), ksize=2, strides=2, padding="VALID")
+        features = tf.transpose(tf.reshape(pooled, [THREADED_BATCH, -1]))  # the op's layout
+        objective = tf.reduce_sum(features * upstream)
+    d_kernel, d_bias = tape.gradient(objective, [kernel, bias])
+    expected = {"features": features, "d_kernel": d_kernel, "d_bias": d_bias}
+    for threads in (1, 2, 3, 4):
         run = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                GRADIENT_WITH_THREADS,
-                str(threads),
-                str(tmp_path / f"{threads}"),
-            ],
+            [sys.executable, "-c", THREADS_SCRIPT, str(threads), str(tmp_path)],
             capture_output=True,
             text=True,
         )
         assert run.returncode == 0, run.stderr
-    one, two = np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy")
-    np.testing.assert_allclose(two, one, rtol=0, atol=1e-5 * np.abs(one).max())
-
-
-def test_a_nan_pixel_makes_its_windows_features_nan_as_tensorflows_ops_do():
-    """A diverging run must be seen to diverge: NaN is not taken for 'not above zero' by the
-    ReLU nor passed over by the max."""
-    images = np.full((2, 28, 28, 1), 0.5, np.float32)
-    images[0, 9, 13, 0] = np.nan  # in pool window (4, 6): its conv outputs reach (8-10, 12-14)
-    features = native.conv_relu_pool(
-        tf.constant(images), tf.fill([3, 3, 1, 10], -1.0), tf.zeros([10])
-    ).numpy()
-    by_window = features.reshape(14, 14, 10, 2)
-    assert np.isnan(by_window[4, 6, :, 0]).all() and np.isnan(by_window[5, 7, :, 0]).all()
-    assert not np.isnan(by_window[:, :, :, 1]).any()  # the other image is untouched
-    assert (by_window[:, :, :, 1] == 0).all()  # and all below zero, so ReLU's 0
+        actual = np.load(tmp_path / f"{threads}.npz")
+        for name, value in expected.items():
+            np.testing.assert_array_equal(actual[name], value.numpy(), err_msg=(threads, name))
 
 
 def test_bad_shapes_are_errors_naming_the_shape():
@@ -216,6 +226,22 @@ def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_
     standardized = pipeline.Standardization()(tf.constant(images[..., None], tf.float32))
     expected = tf.nn.softmax(trainer.forpass(standardized)).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "loaded.npy"), expected, atol=1e-5)
+
+
+def test_an_exported_model_with_a_nan_weight_predicts_nan_as_the_trainer_does(tmp_path):
+    """The export computes the fused op's function with TensorFlow's ops, whose pool passes
+    over a NaN; it must pool to NaN as the op does (`fastconv.model.nan_where_nan`), or a
+    diverged model would give finite probabilities."""
+    trainer = Trainer(ConvNet(seed=4), 0.05, conv_form="fused")
+    kernels = trainer.model.conv_w.numpy()
+    kernels[1, 1, 0, 3] = np.nan
+    trainer.model.conv_w.assign(kernels)
+    images = np.random.default_rng(5).integers(0, 256, (4, 28, 28), np.uint8)
+    standardized = pipeline.Standardization()(tf.constant(images[..., None], tf.float32))
+    assert np.isnan(trainer.forpass(standardized).numpy()).all()
+    model = export.export(trainer, pipeline.Standardization(), tmp_path / "model")
+    classify = tf.saved_model.load(str(model)).signatures["serving_default"]
+    assert np.isnan(classify(images=tf.constant(images))["probabilities"].numpy()).all()
 
 
 @pytest.mark.parametrize("level", ["1", "2"])

@@ -80,6 +80,23 @@ def test_each_optimizer_follows_its_formula(name, decay):
     assert np.abs(kernel.numpy() - other[0]).max() > 1e-2
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_trainers_optimizer_decays_the_kernels_and_not_the_biases(name):
+    """The trainer as `make_trainer` builds it, with decay 0.1 at rate 0.1: a step of zero
+    gradients takes every kernel from 1.0 to 0.99 and leaves every bias at 1.0."""
+    config = TrainConfig(optimizer=name, learning_rate=0.1, weight_decay=0.1)
+    trainer = make_trainer(config, runtime.place(config))
+    model = trainer.model
+    for weight in model.weights:
+        weight.assign(tf.ones_like(weight))
+    zeros = [tf.zeros_like(weight) for weight in model.weights]
+    trainer.optimizer.apply_gradients(zip(zeros, model.weights))
+    for kernel in (model.conv_w, model.w1, model.w2):
+        np.testing.assert_allclose(kernel.numpy(), 0.99, rtol=1e-6, err_msg=kernel.name)
+    for bias in model.biases:
+        np.testing.assert_array_equal(bias.numpy(), 1.0, err_msg=bias.name)
+
+
 SCHEDULE_POINTS = {
     # schedule, warm-up epochs: {step: rate} for a peak of 0.1 over 10 epochs of 100 steps
     ("onecycle", 2): {0: 0.0, 100: 0.05, 200: 0.1, 600: 0.05, 900: 0.0125, 1000: 0.0, 1500: 0.0},
@@ -127,6 +144,24 @@ def test_the_compiled_step_follows_the_schedule_without_retracing():
     assert trainer.steps_done == 30
     assert trainer.learning_rate() == pytest.approx(0.01 * 30 / 45, rel=1e-6)
     assert trainer.trace_count() == traced
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw"])
+def test_every_optimizer_steps_at_its_schedules_rate(name):
+    """Cosine decay from 0.1 over one epoch of 20 steps: 0.1, 0.05 and 0.0006 at steps 0, 10
+    and 19, as the optimizer reads it when it steps. A rate left at the peak is off by 100%
+    at step 19, far above the tolerance; for plain SGD the step itself is checked too."""
+    config = TrainConfig(optimizer=name, learning_rate=0.1, schedule="cosine", epochs=1)
+    optimizer = make_optimizer(config, steps_per_epoch=20)
+    weight = tf.Variable([1.0])
+    optimizer.build([weight])
+    for step, expected in {0: 0.1, 10: 0.05, 19: 0.05 * (1 + np.cos(np.pi * 19 / 20))}.items():
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5), step
+        if name == "sgd":  # w <- w - rate * gradient, with a gradient of 1
+            before = float(weight[0])
+            optimizer.apply_gradients([(tf.constant([1.0]), weight)])
+            assert before - float(weight[0]) == pytest.approx(expected, abs=1e-6), step
 
 
 def test_warmup_needs_a_schedule_and_fits_the_run():

@@ -172,6 +172,30 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == str(checkpoint)
 
 
+def test_a_nan_weight_with_a_finite_loss_at_an_epochs_end_is_not_saved(tmp_path, monkeypatch):
+    class NanBiasAtStep30(Trainer):
+        """Steps as usual, then step 30, the last of epoch 2 (of 15 steps), leaves b2 NaN
+        after computing a finite loss: only the check of the weights can see it."""
+
+        def train_step(self, images, targets):
+            loss, correct = super().train_step(images, targets)
+            nan = tf.fill(self.model.b2.shape, np.nan)
+            self.model.b2.assign(tf.where(self.step >= 29, nan, self.model.b2))
+            return loss, correct
+
+    monkeypatch.setattr("fastconv.trainer.Trainer", NanBiasAtStep30)
+    config = TrainConfig(epochs=5, batch_size=32, logdir=str(tmp_path), steps_per_call=4)
+    with pytest.raises(TrainingDiverged) as diverged:
+        train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    checkpoint = tmp_path / "checkpoints" / "ckpt-15"
+    assert str(diverged.value) == (
+        "training diverged in epoch 2 at step 15 of 15: a weight became non-finite; the last "
+        f"good checkpoint, {checkpoint}, is kept; lower --learning-rate (now 0.01)"
+    )
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == str(checkpoint)
+    assert np.isfinite(checkpoint_values(tmp_path)["model/b2/.ATTRIBUTES/VARIABLE_VALUE"]).all()
+
+
 def test_exported_model_predicts_what_the_trainer_predicted(fashion_mnist, tmp_path):
     config = TrainConfig(epochs=1, export_dir=str(tmp_path / "model"))
     result = train_and_evaluate(config, fashion_mnist, log=lambda line: None)

@@ -1,6 +1,6 @@
 """SIGINT and SIGTERM in every phase of a run: start-up, compiling, the final evaluation, the
-export, and a second signal while the run is busy. (Stops between blocks of steps, mid-epoch,
-are in test_reliability.py.)
+export, and a second signal while the run is busy; SIGUSR1's checkpoint between blocks.
+(Stops between blocks of steps, mid-epoch, are in test_reliability.py.)
 
 Each signal is sent by the run to itself at a known point (`fastconv.faults`), or while the
 run is paused at one, so nothing depends on timing. The run answers it through its own
@@ -11,8 +11,10 @@ ends the process, in a subprocess.
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
+import tensorflow as tf
 from folders import flags, run_paused_in_checkpoint, signal_delivered
 
 from fastconv import cli, faults, rundir
@@ -68,6 +70,54 @@ def test_a_stop_while_compiling_a_resumed_run_keeps_its_checkpoint(
         f"error: interrupted by SIGTERM while compiling; the last good checkpoint, {checkpoint}, "
         f"is kept; resume with: python scripts/train.py --logdir {tmp_path} --resume\n"
     )
+
+
+def test_sigusr1_saves_a_checkpoint_between_blocks_and_the_run_goes_on(
+    data_dir, tmp_path, stop_at, capsys
+):
+    # Blocks of 7 steps: the hook sends SIGUSR1 after the block that reaches step 20, so the
+    # run saves after step 21, mid-epoch, then trains on to its end.
+    stop_at("step-20", "SIGUSR1")
+    code, out, err = main(
+        capsys, *flags(data_dir, tmp_path, "--epochs", "2", "--steps-per-call", "7")
+    )
+    assert code == 0, err
+    checkpoints = tmp_path / rundir.CHECKPOINTS
+    assert f"saved {checkpoints / 'ckpt-21'} (SIGUSR1)" in out.splitlines()
+    state = tf.train.get_checkpoint_state(str(checkpoints))
+    assert [Path(path).name for path in state.all_model_checkpoint_paths] == [
+        "ckpt-21",
+        "ckpt-50",
+        "ckpt-100",
+    ]
+    saved = tf.train.load_checkpoint(str(checkpoints / "ckpt-21"))
+    assert saved.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 21
+    run_state = json.loads(saved.get_tensor("run_state/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert run_state["history"] == [] and run_state["loss_sum"] > 0  # inside epoch 1
+    assert json.loads((tmp_path / rundir.METRICS).read_text())["epochs"] == 2
+
+
+def test_a_resume_stopped_while_compiling_leaves_no_uncommitted_checkpoint(
+    data_dir, tmp_path, stop_at, capsys
+):
+    """Killed (-9) inside the write of ckpt-100, the run leaves its files beside an index
+    whose latest is ckpt-50. A resumed run discards them before it compiles, so a stop
+    while compiling leaves the folder as the index has it."""
+    checkpoints = tmp_path / rundir.CHECKPOINTS
+    with run_paused_in_checkpoint(data_dir, tmp_path, "--epochs", "2", step=100) as killed:
+        killed.kill()
+        killed.wait()
+    assert (checkpoints / "ckpt-100.index").exists()  # written, never committed
+    stop_at("compile", "SIGTERM")
+    code, _, err = main(capsys, *flags(data_dir, tmp_path, "--epochs", "2"), "--resume")
+    assert code == 143, err
+    assert "while compiling; the last good checkpoint" in err
+    assert tf.train.latest_checkpoint(str(checkpoints)) == str(checkpoints / "ckpt-50")
+    assert sorted(path.name for path in checkpoints.iterdir()) == [
+        "checkpoint",
+        "ckpt-50.data-00000-of-00001",
+        "ckpt-50.index",
+    ]
 
 
 def test_a_stop_during_the_final_evaluation_writes_the_results(data_dir, tmp_path, stop_at, capsys):

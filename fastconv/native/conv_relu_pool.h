@@ -187,7 +187,7 @@ inline void ConvReluPool(const float* images, const float* kernel, const float* 
           // ReLU keeps order), for a quarter of the work.
           best += bias[k];
           LaneInts on = best > 0.0f;
-          if (non_finite) {  // a NaN passes through, as through TensorFlow's ops
+          if (non_finite) {  // a NaN passes through: a window holding one pools to NaN
             LaneInts nan = best != best;
             for (int p = 0; p < 4; ++p) nan |= conv[p] != conv[p];
             best = nan ? Lanes{} + __builtin_nanf("") : best;
