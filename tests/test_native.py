@@ -163,9 +163,94 @@ def test_a_cpu_without_avx512_is_told_so_and_nothing_is_built(empty_cache, monke
 
 def test_no_compiler_is_one_line_naming_what_was_looked_for(monkeypatch):
     monkeypatch.setattr(native.shutil, "which", lambda name: None)
-    monkeypatch.setenv("CXX", "clang++-99")
+    monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(native.NativeUnavailable, match=r"^no C\+\+ compiler found \(looked for"):
         native.compiler()
+
+
+def test_a_cxx_that_is_not_there_is_said_not_passed_over(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent")
+    with pytest.raises(native.NativeUnavailable, match=r"^CXX=/nonexistent: no such compiler$"):
+        native.compiler()
+
+
+def test_a_failed_compile_is_remembered_until_a_retry(empty_cache, monkeypatch):
+    compile_command, compiles = native.compile_command, []
+
+    def failing(*args):
+        compiles.append(args)
+        return [*compile_command(*args), "-include", "no_such.h"]
+
+    monkeypatch.setattr(native, "compile_command", failing)
+    for _ in range(2):  # the second run says why without compiling
+        with pytest.raises(native.NativeUnavailable, match=r"no_such\.h"):
+            native.build()
+    assert len(compiles) == 1
+    with pytest.raises(native.NativeUnavailable, match=r"no_such\.h"):
+        native.build(retry=True)  # python -m fastconv.native tries again
+    assert len(compiles) == 2
+
+
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory):
+    """A library built into a cache of its own, to copy into the damaged caches below."""
+    cache = tmp_path_factory.mktemp("built")
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        return native.build()
+    finally:
+        if previous is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = previous
+
+
+DAMAGE = {
+    "truncated": lambda library, digest: library.write_bytes(library.read_bytes()[:30_000]),
+    "empty": lambda library, digest: library.write_bytes(b""),
+    "foreign": lambda library, digest: library.write_bytes(os.urandom(library.stat().st_size)),
+    "digest lost": lambda library, digest: digest.unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cached_library_is_built_again_once_with_one_line(
+    built_library, empty_cache, monkeypatch, capsys, damage
+):
+    """Found before it is mapped (a truncated one killed every run with a bus error): the
+    next build removes it, says so in one line and builds it again, here by copying the
+    library built above in place of the compiler."""
+
+    def copy_in(cxx, sources, output):
+        return ["cp", str(built_library), str(output)]
+
+    monkeypatch.setattr(native, "compile_command", copy_in)
+    library = native.build()
+    digest = library.with_name(native.DIGEST)
+    DAMAGE[damage](library, digest)
+    (library.parent / "tmp_killed_build").mkdir()  # what a build killed midway left
+    capsys.readouterr()
+    assert native.build() == library
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith(f"fastconv.native: {library} is ")
+    assert library.read_bytes() == built_library.read_bytes()
+    assert native.build() == library and capsys.readouterr().err == ""  # whole now: kept
+    assert not list(library.parent.glob("tmp*"))
+
+
+def test_a_truncated_cached_library_no_longer_kills_the_build_step(tmp_path):
+    """The issue's case end to end: the first 30,000 bytes of a built library at its cache
+    key; `python -m fastconv.native` (and so a run) builds it again instead of dying."""
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "fastconv.native"]
+    assert subprocess.run(command, env=environment, timeout=900).returncode == 0
+    (library,) = tmp_path.glob(f"fastconv/native/*/{native.LIBRARY}")
+    library.write_bytes(library.read_bytes()[:30_000])
+    run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith(f"fastconv.native: {library} is damaged")
+    assert run.stdout.splitlines()[-1].startswith("fastconv.native: ready in ")
 
 
 @pytest.mark.parametrize("switch, code, said", [("1", 0, "ready in"), ("0", 1, "turned off")])

@@ -1,22 +1,15 @@
-"""fastconv's fused first layer as a TensorFlow op of its own, built on the machine it runs on.
+"""fastconv's fused first layer, built on the machine it runs on: a TensorFlow op, and two
+XLA custom-call targets for code XLA compiles, where an op cannot go (`xla_conv_relu_pool`).
 
-TensorFlow runs conv 3x3 + bias + ReLU + max pool 2x2 and their gradients as separate ops
-that each walk the full-size activations, with a minor dimension of 10 channels that fills
-a vector unit badly; on a 2-core CPU that layer took more time than the dense layers' matmuls.
-`conv_relu_pool.h` computes the same function with sixteen images in the lanes of each
-vector, in one pass forward and one backward (bench/RESULTS.md has the measurements).
-
-The same kernel is also two XLA custom-call targets (`xla_targets.cc`), for code that XLA
-compiles, where a TensorFlow op cannot go: `xla_conv_relu_pool` calls them.
-
-The library is compiled from `ops.cc` and `xla_targets.cc` with the C++ compiler (`$CXX`, else
-c++ or g++), against the installed TensorFlow's headers, for this CPU (`-march=native`), once:
-the library is cached under `$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native),
-keyed by the sources, the flags, the compiler, TensorFlow and the CPU. It is built only on CPUs
-with AVX-512. Where it cannot be built or loaded, `unavailable()` says why in one line and
-fastconv computes the layer with TensorFlow's own ops.
-`FASTCONV_NATIVE=0` turns the op off. `python -m fastconv.native` builds it and says how it
-went (scripts/setup.sh runs it, so that a first run does not wait for the compiler).
+TensorFlow runs conv + bias + ReLU + max pool and their gradients as separate ops that each
+walk the full-size activations with a minor dimension of 10 channels; `conv_relu_pool.h`
+computes them with sixteen images in the lanes of each vector, in one pass forward and one
+backward. The library is compiled from `ops.cc` and `xla_targets.cc` ($CXX, else c++ or g++)
+for this CPU (`-march=native`, AVX-512 only) once, and cached under
+`$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native), keyed by the sources, the
+flags, the compiler, TensorFlow and the CPU. Where it cannot be built or loaded,
+`unavailable()` says why in one line and fastconv uses TensorFlow's own ops.
+`FASTCONV_NATIVE=0` turns it off; `python -m fastconv.native` builds it (scripts/setup.sh).
 """
 
 from __future__ import annotations
@@ -27,9 +20,8 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 from fastconv.importing import import_tensorflow
@@ -47,6 +39,8 @@ SOURCES = Path(__file__).parent
 COMPILED = ("ops.cc", "xla_targets.cc")
 SOURCE_FILES = (*COMPILED, "conv_relu_pool.h")
 LIBRARY = "fastconv_ops.so"
+DIGEST = LIBRARY + ".sha256"  # "<size> <sha256>" of the library as built
+FAILED = "FAILED"  # why the last compile failed, so that runs do not compile again
 # Whether to use the op at all; "0" turns it off (a user's way out, and the tests' way to
 # reach the fallback).
 SWITCH = "FASTCONV_NATIVE"
@@ -62,8 +56,14 @@ def cache_dir() -> Path:
 
 
 def compiler() -> str:
-    """The C++ compiler to build with, or NativeUnavailable naming what was looked for."""
-    for name in filter(None, (os.environ.get("CXX"), "c++", "g++")):
+    """The C++ compiler to build with: $CXX when set, else c++ or g++; NativeUnavailable
+    naming what was looked for."""
+    if os.environ.get("CXX"):
+        found = shutil.which(os.environ["CXX"])
+        if not found:
+            raise NativeUnavailable(f"CXX={os.environ['CXX']}: no such compiler")
+        return found
+    for name in ("c++", "g++"):
         found = shutil.which(name)
         if found:
             return found
@@ -121,26 +121,44 @@ def _build_key(cxx: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def build(verbose: bool = False) -> Path:
-    """The compiled library, built now unless the cache has it; NativeUnavailable if this
-    CPU lacks AVX-512 or the compiler fails (its first error line in the message)."""
+def build(verbose: bool = False, retry: bool = False) -> Path:
+    """The compiled library, built now unless the cache has it whole; NativeUnavailable if
+    this CPU lacks AVX-512 or the compiler fails (its first error line in the message).
+
+    A failed compile is remembered in the cache (`FAILED`), so later runs say why without
+    compiling again, until `retry` (`python -m fastconv.native`). A cached library is read
+    whole and checked against the digest written beside it before it is used: one damaged
+    (a build cut short, a full disk) or not written by this build is removed and built again
+    (mapping a truncated library kills the process with a bus error).
+    """
     if "avx512f" not in cpu_flags():
         # Without it GCC splits each 16-lane vector, and the op runs slower than TensorFlow's
         # ops (bench/RESULTS.md).
         raise NativeUnavailable("this CPU has no AVX-512, which the op needs to be fast")
     cxx = compiler()
-    target = cache_dir() / _build_key(cxx) / LIBRARY
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = cache_dir() / _build_key(cxx)
+    target, digest, failed = folder / LIBRARY, folder / DIGEST, folder / FAILED
+    folder.mkdir(parents=True, exist_ok=True)
     # One build at a time per machine: processes started together wait for the first.
-    with open(target.parent / "build.lock", "w") as lock:
+    with open(folder / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
+        if retry:
+            failed.unlink(missing_ok=True)
+        if failed.exists():
+            raise NativeUnavailable(
+                f"{failed.read_text().strip()} (retry: python -m fastconv.native)"
+            )
+        damage = _damage(target, digest)
+        if damage is None:
             return target
+        if target.exists():
+            print(f"fastconv.native: {target} is {damage}; building it again", file=sys.stderr)
+            target.unlink()
+        for scratch in folder.glob("tmp*"):  # a build killed midway
+            shutil.rmtree(scratch, ignore_errors=True)
         if verbose:
             print(f"fastconv.native: compiling {', '.join(COMPILED)} in {SOURCES} ...", flush=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
             partial = Path(scratch) / LIBRARY
             names = " + ".join(COMPILED)
             command = compile_command(cxx, [SOURCES / name for name in COMPILED], partial)
@@ -151,22 +169,47 @@ def build(verbose: bool = False) -> Path:
             if done.returncode:
                 errors = [line for line in done.stderr.splitlines() if "error:" in line]
                 first = (errors or done.stderr.splitlines() or ["no output"])[0].strip()
-                raise NativeUnavailable(f"{Path(cxx).name} failed on {names}: {first}")
-            os.replace(partial, target)  # whole or not at all
+                why = f"{Path(cxx).name} failed on {names}: {first}"
+                failed.write_text(why + "\n")
+                raise NativeUnavailable(why)
+            # The digest first, then the library, each on disk before its rename: a library
+            # in place always has its digest, and a crash leaves it whole or absent.
+            _write_durably(digest, _digest_of(partial.read_bytes()) + "\n")
+            with open(partial, "rb") as library:
+                os.fsync(library.fileno())
+            os.replace(partial, target)
     return target
 
 
-_LOADING = threading.Lock()  # the first calls may come from two threads (the run's compile)
+def _digest_of(content: bytes) -> str:
+    return f"{len(content)} {hashlib.sha256(content).hexdigest()}"
 
 
-def _load():
-    """(the library, None) or (None, why not): tried once per process, failure included."""
-    with _LOADING:
-        return _load_once()
+def _damage(target: Path, digest: Path) -> str | None:
+    """What is wrong with the cached library, or None where it is whole (read, not mapped)."""
+    if not target.exists():
+        return "missing"
+    try:
+        expected = digest.read_text().strip()
+    except FileNotFoundError:
+        return "without its digest (not written by this build)"
+    if _digest_of(target.read_bytes()) != expected:
+        return "damaged (its size or checksum differs from the build's)"
+    return None
+
+
+def _write_durably(path: Path, text: str) -> None:  # on disk, then in place
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
 
 
 @functools.cache
-def _load_once():
+def _load():
+    """(the library, None) or (None, why not): tried once per process, failure included."""
     if os.environ.get(SWITCH, "1") == "0":
         return None, f"turned off by {SWITCH}=0"
     try:
@@ -305,20 +348,3 @@ def _xla_config(images: tf.TensorShape, kernel: tf.TensorShape, bias: tf.TensorS
     # TensorFlow's intra-op setting, else the CPUs this process may run on, as TensorFlow does.
     threads = tf.config.threading.get_intra_op_parallelism_threads() or cpu_cores()
     return f"batch={batch} height={height} width={width} kernels={kernel[3]} threads={threads}"
-
-
-def main() -> int:
-    """Builds (or finds) the library and says so; exit 1 with the reason where it cannot."""
-    start = time.perf_counter()
-    why_not = None
-    if os.environ.get(SWITCH, "1") != "0":
-        try:
-            build(verbose=True)
-        except NativeUnavailable as error:  # told here, not compiled again by _load
-            why_not = str(error)
-    why_not = why_not or unavailable()
-    if why_not:
-        print(f"fastconv.native: not available, TensorFlow's own ops will be used: {why_not}")
-        return 1
-    print(f"fastconv.native: ready in {time.perf_counter() - start:.1f} s")
-    return 0
