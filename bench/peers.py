@@ -436,7 +436,7 @@ def _fastconv(
         step_summaries = tf.summary.create_file_writer(tempfile.mkdtemp(prefix="fastconv-bench-"))
     trainer = make_trainer(config, placement, datasets.make_batch, step_summaries)
     # As a run compiles them: the training and evaluation functions.
-    compile_trainer(trainer, datasets, False, placement.device_scope)
+    compile_trainer(trainer, datasets, profiled=False)
     iterator = iter(datasets.train())
     steps = tf.constant(datasets.steps_per_epoch)
 
