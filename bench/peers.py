@@ -183,7 +183,21 @@ PEERS = [
         "fastconv graph, TensorFlow's ops for the conv layer (no fused op)",
         {"xla": False, "conv_form": "batch_channels"},
     ),
-    Peer("fastconv_xla", "fastconv", "fastconv --xla", {"xla": True}),
+    # --xla at the settings its graph twins below run (fastconv, fastconv_bf16,
+    # fastconv_b512, fastconv_bf16_b512): the table gives each one's ratio to its twin.
+    *(
+        Peer(
+            f"fastconv_xla{suffix}{'' if batch == BATCH_SIZE else f'_b{batch}'}",
+            "fastconv",
+            f"fastconv --xla{label}{'' if batch == BATCH_SIZE else f', batch {batch}'}",
+            {"xla": True, "batch_size": batch, **precision},
+        )
+        for batch in (BATCH_SIZE, 512)
+        for suffix, label, precision in (
+            ("", "", {}),
+            ("_bf16", ", mixed_bfloat16", {"precision": "mixed_bfloat16"}),
+        )
+    ),
     Peer(
         "fastconv_logging",
         "fastconv",
