@@ -54,8 +54,10 @@ def record():
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table: ours is the last word
 def pytest_terminal_summary(terminalreporter):
     if _rows:
-        from fastconv.machine import cpu_name
+        from fastconv.machine import cpu_family_model, cpu_name
 
         machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
+        family, model = cpu_family_model() or (None, None)
+        machine.update(cpu_family=family, cpu_model=model)
         terminalreporter.write_sep("=", "fastconv throughput")
         terminalreporter.write_line(format_table(_rows, machine))

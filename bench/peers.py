@@ -12,6 +12,9 @@ worker with `time.perf_counter` and ending with a host read, so asynchronous wor
 - the book's eager class: one whole epoch as its `fit` runs it (a permutation of all 48,000
   images, 375 steps, each step followed by its second forward pass, `get_loss`).
 - the matmul ceiling: a chain of ten 2048x2048 matmuls.
+- the FMA peak: register-only AVX-512 fused multiply-adds on every CPU the process may use
+  (bench/fma_peak.cc, compiled at run time); where there is no C++ compiler or no AVX-512
+  its benchmark is skipped, saying why, and the table leaves its column out.
 
 The run goes through every peer PASSES times (see test_throughput.py). In each pass a peer
 joins, it runs an untimed round, then its timed rounds; slow peers warm up in their first
@@ -60,6 +63,8 @@ ROUNDS = {
     "images, 375 eager steps, and after each step a SECOND forward pass (get_loss) that "
     "fastconv's steps don't make; not the epoch's validation loss",
     "matmuls": "a chain of ten 2048x2048 matmuls, the last result read back",
+    "FMA loop": "on every CPU the process may use, one pinned thread running 12 independent "
+    "chains of AVX-512 float32 FMAs on registers (16 lanes, 2 FLOP each), no memory traffic",
 }
 
 
@@ -75,7 +80,7 @@ class Peer:
     """How one contender trains; `kind` picks the builder below."""
 
     name: str
-    kind: str  # "book", "keras", "fastconv", "matmul"
+    kind: str  # "book", "keras", "fastconv", "matmul", "fma"
     label: str
     options: dict = dataclasses.field(default_factory=dict)
     rounds: int = 2  # timed rounds in each pass the peer joins
@@ -98,6 +103,7 @@ class Peer:
             "keras": "fit epoch" + validation,
             "fastconv": "compiled epoch" + validation,
             "matmul": "matmuls",
+            "fma": "FMA loop",
         }[self.kind]
 
 
@@ -183,7 +189,21 @@ PEERS = [
         "fastconv graph, TensorFlow's ops for the conv layer (no fused op)",
         {"xla": False, "conv_form": "batch_channels"},
     ),
-    Peer("fastconv_xla", "fastconv", "fastconv --xla", {"xla": True}),
+    # --xla at the settings its graph twins below run (fastconv, fastconv_bf16,
+    # fastconv_b512, fastconv_bf16_b512): the table gives each one's ratio to its twin.
+    *(
+        Peer(
+            f"fastconv_xla{suffix}{'' if batch == BATCH_SIZE else f'_b{batch}'}",
+            "fastconv",
+            f"fastconv --xla{label}{'' if batch == BATCH_SIZE else f', batch {batch}'}",
+            {"xla": True, "batch_size": batch, **precision},
+        )
+        for batch in (BATCH_SIZE, 512)
+        for suffix, label, precision in (
+            ("", "", {}),
+            ("_bf16", ", mixed_bfloat16", {"precision": "mixed_bfloat16"}),
+        )
+    ),
     Peer(
         "fastconv_logging",
         "fastconv",
@@ -223,6 +243,9 @@ PEERS = [
     ),
     Peer("matmul_float32", "matmul", "2048x2048 matmul, float32", {"dtype": "float32"}),
     Peer("matmul_bfloat16", "matmul", "2048x2048 matmul, bfloat16", {"dtype": "bfloat16"}),
+    # The CPU's own float32 peak: a matmul ceiling alone cannot tell a Zen 4 core (AVX-512 on
+    # 256-bit units) from a Zen 5 one (512-bit units), which has twice its peak.
+    Peer("fma_peak", "fma", "FMA loop, float32, AVX-512"),
 ]
 if SMOKE:
     PEERS = [dataclasses.replace(peer, rounds=1, passes=(1,)) for peer in PEERS]
@@ -253,13 +276,14 @@ def build(peer: Peer) -> tuple[ServeRounds, int, dict]:
     if peer.kind == "keras":
         serve_rounds, work, details = _keras(epochs=peer.total_rounds(), **peer.options)
     else:
-        builder = {"book": _book, "fastconv": _fastconv, "matmul": _matmul}[peer.kind]
-        run_round, work, details = builder(**peer.options)
+        builders = {"book": _book, "fastconv": _fastconv, "matmul": _matmul, "fma": _fma_peak}
+        run_round, work, details = builders[peer.kind](**peer.options)
         serve_rounds = _each_round(run_round)
     details.setdefault("batch_size", BATCH_SIZE)
     details.setdefault("precision", "float32")
     details.setdefault("validation", bool(peer.options.get("validation")))
-    details["threads"] = _threads_in_use()  # one wording for every peer
+    # One wording for every peer that computes with TensorFlow's thread pools.
+    details.setdefault("threads", _threads_in_use())
     details["round"] = peer.round
     details["round_includes"] = ROUNDS[peer.round]
     return serve_rounds, work, details
@@ -436,7 +460,7 @@ def _fastconv(
         step_summaries = tf.summary.create_file_writer(tempfile.mkdtemp(prefix="fastconv-bench-"))
     trainer = make_trainer(config, placement, datasets.make_batch, step_summaries)
     # As a run compiles them: the training and evaluation functions.
-    compile_trainer(trainer, datasets, False, placement.device_scope)
+    compile_trainer(trainer, datasets, profiled=False)
     iterator = iter(datasets.train())
     steps = tf.constant(datasets.steps_per_epoch)
 
@@ -448,7 +472,6 @@ def _fastconv(
     details = {
         "shards": placement.shards,
         "xla": xla,
-        "threads": runtime.describe_threads(),
         "batch_size": batch_size,
         "precision": precision,
         "conv_form": placement.conv_form,
@@ -475,3 +498,56 @@ def _matmul(dtype: str, size: int = 2048, chain: int = 10):
         chained().numpy()
 
     return run_round, 2 * size**3 * chain, {"dtype": dtype, "precision": dtype}
+
+
+def fma_unavailable() -> str | None:
+    """Why the FMA peak cannot be measured on this machine; None when it can."""
+    from fastconv.machine import cpu_flags
+    from fastconv.native import NativeUnavailable, compiler
+
+    if "avx512f" not in cpu_flags():
+        return "this CPU has no AVX-512"
+    try:
+        compiler()
+    except NativeUnavailable as error:
+        return str(error)
+    return None
+
+
+def _fma_peak(iterations: int = 100_000_000):
+    """bench/fma_peak.cc built for this CPU, its loop of `iterations` on every thread a round."""
+    import ctypes
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from fastconv.machine import cpu_family_model
+    from fastconv.native import compiler
+
+    source = Path(__file__).resolve().parent / "fma_peak.cc"
+    with tempfile.TemporaryDirectory(prefix="fastconv-fma-") as folder:
+        library = Path(folder) / "fma_peak.so"
+        command = [compiler(), "-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+        built = subprocess.run(
+            [*command, str(source), "-o", str(library)], capture_output=True, text=True
+        )
+        if built.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed: {built.stderr.strip()[:2000]}")
+        fma = ctypes.CDLL(str(library))  # stays mapped after its file is removed
+    fma.fma_run.argtypes = [ctypes.c_long]
+    fma.fma_run.restype = ctypes.c_float
+    fma.fma_flops_per_iteration.restype = ctypes.c_long
+    threads = fma.fma_threads()
+
+    def run_round():  # returns once every thread has run its loop
+        fma.fma_run(iterations)
+
+    family, model = cpu_family_model() or (None, None)
+    details = {
+        "precision": "float32",
+        "fma_threads": threads,
+        "threads": f"{threads}, one pinned to each CPU",
+        "cpu_family": family,
+        "cpu_model": model,
+    }
+    return run_round, threads * iterations * fma.fma_flops_per_iteration(), details

@@ -1,6 +1,7 @@
-"""The throughput table: images/s of every trainer, ratios to Keras and to the book, and the
-share of the measured matmul ceiling; beside each row, what its rounds hold and the settings
-it ran with.
+"""The throughput table: images/s of every trainer, ratios to Keras and to the book, its
+nominal GFLOP/s and their share of the matmul ceiling and of the FMA peak measured in the same
+run, each --xla peer against its graph twin; beside each row, what its rounds hold and the
+settings it ran with.
 
     pytest bench/ --benchmark-only                       # prints the table at the end
     pytest bench/ --benchmark-only --benchmark-json=bench.json && python bench/report.py bench.json
@@ -15,6 +16,10 @@ import sys
 from fastconv.data import IMAGE_SIZE, NUM_CLASSES
 from fastconv.model import KERNEL_SIZE, POOLED_SIZE
 
+# /proc/cpuinfo's "cpu family": which cores a host has, where its model name ("AMD EPYC
+# 9R14") may not say. Zen 4 runs AVX-512 on 256-bit units, Zen 5 on 512-bit ones: twice the
+# FMA peak a core, which the matmul ceiling alone does not show.
+CPU_FAMILIES = {23: "Zen/Zen 2", 25: "Zen 3/4", 26: "Zen 5", 6: "Intel"}
 BOOK_NOTE = (
     "the book's rounds include its second forward pass per batch (get_loss, to record the "
     "loss), which fastconv's and Keras's rounds don't"
@@ -26,13 +31,14 @@ def rows_from_json(path: str) -> tuple[list[dict], dict]:
     with open(path) as file:
         saved = json.load(file)
     rows = [b["extra_info"] for b in saved["benchmarks"] if "peer" in b["extra_info"]]
-    cpu = saved.get("machine_info", {}).get("cpu", {})
-    return rows, {"cpu": cpu.get("brand_raw", "?"), "cores": cpu.get("count", "?")}
+    cpu = saved.get("machine_info", {}).get("cpu", {})  # py-cpuinfo's fields
+    machine = {"cpu": cpu.get("brand_raw", "?"), "cores": cpu.get("count", "?")}
+    return rows, {**machine, "cpu_family": cpu.get("family"), "cpu_model": cpu.get("model")}
 
 
 def combined(rows: list[dict]) -> list[dict]:
     """One row per peer, its passes' round times pooled: images/s over the median round and
-    over the best one, or for the matmul ceiling GFLOP/s over the best."""
+    over the best one, or for the matmul ceiling and the FMA peak GFLOP/s over the best."""
     by_peer: dict[str, dict] = {}
     for row in rows:
         merged = by_peer.setdefault(row["peer"], {**row, "round_seconds": [], "passes": 0})
@@ -40,7 +46,7 @@ def combined(rows: list[dict]) -> list[dict]:
         merged["passes"] += 1
     for row in by_peer.values():
         work, seconds = row["work_per_round"], row["round_seconds"]
-        if row["kind"] == "matmul":
+        if row["kind"] in ("matmul", "fma"):
             row["gflops"] = work / min(seconds) / 1e9
         else:
             row["images_per_second"] = work / statistics.median(seconds)
@@ -52,7 +58,7 @@ def configuration(row: dict) -> str:
     """The settings a peer ran with, in a few words."""
     kind = row["kind"]
     parts = [row.get("precision", "float32")]
-    if kind != "matmul":
+    if kind not in ("matmul", "fma"):
         parts.append(f"batch {row.get('batch_size', 128)}")
     if kind == "keras":
         parts.append(f"spe {row.get('steps_per_execution', '?')}")
@@ -71,19 +77,24 @@ def configuration(row: dict) -> str:
 
 
 def format_table(rows: list[dict], machine: dict) -> str:
-    rows = combined(rows)
+    # A peer that cannot run on this machine (the FMA peak without AVX-512) left a reason,
+    # no rounds.
+    unavailable = {r["peer"]: r["unavailable"] for r in rows if "unavailable" in r}
+    rows = combined([r for r in rows if "unavailable" not in r])
     passes = max((r["passes"] for r in rows), default=0)
     training = [r for r in rows if "images_per_second" in r]
-    ceilings = {r["dtype"]: r for r in rows if "gflops" in r}
+    ceilings = {r["dtype"]: r for r in rows if r["kind"] == "matmul"}
+    fma = next((r for r in rows if r["kind"] == "fma"), None)
     book_speed = _best_of(training, "book")
     tensorflow = next((r["tensorflow"] for r in rows if "tensorflow" in r), "?")
     width = max([len(r["label"]) for r in training] + [40])
+    fma_column = f" {'% FMA':>6}" if fma else ""  # left out where the peak was not measured
     lines = [
-        f"machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores | "
-        f"TensorFlow {tensorflow} | batch 128 unless noted | "
+        f"machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
+        f"{cpu_family(machine)} | TensorFlow {tensorflow} | batch 128 unless noted | "
         f"medians of each peer's rounds, {passes} passes through the peers",
         f"{'trainer':{width}} {'images/s':>9} {'x Keras':>8} {'x book':>7} {'GFLOP/s':>8} "
-        f"{'% matmul':>8} {'best round':>10}  {'round':20}  configuration",
+        f"{'% matmul':>8}{fma_column} {'best round':>10}  {'round':20}  configuration",
     ]
     sections = (
         ("training only", [r for r in training if not r.get("validation")], book_speed),
@@ -96,31 +107,100 @@ def format_table(rows: list[dict], machine: dict) -> str:
         keras_best = _best_of(section, "keras")
         for row in sorted(section, key=lambda r: r["images_per_second"]):
             speed = row["images_per_second"]
-            gflops = speed * training_flops_per_image() / 1e9
+            gflops = nominal_gflops(row)
             ceiling = ceilings.get(row.get("precision", "float32").removeprefix("mixed_"))
-            share = f"{100 * gflops / ceiling['gflops']:.0f}%" if ceiling else "-"
+            of_fma = f" {share(gflops, fma):>6}" if fma else ""
             lines.append(
                 f"{row['label']:{width}} {speed:9,.0f} {_ratio(speed, keras_best):>8} "
-                f"{_ratio(speed, book):>7} {gflops:8.1f} {share:>8} "
+                f"{_ratio(speed, book):>7} {gflops:8.1f} {share(gflops, ceiling):>8}{of_fma} "
                 f"{row['best_images_per_second']:10,.0f}  {row.get('round', '?'):20}  "
                 f"{configuration(row)}"
             )
+    lines += _xla_lines(training)
     for dtype, row in sorted(ceilings.items()):
         lines.append(
             f"ceiling: 2048x2048 matmul in {dtype}: {row['gflops']:,.0f} GFLOP/s "
             f"({configuration(row)})"
         )
+    if fma:
+        lines.append(
+            f"peak: {fma['label']}: {fma['gflops']:,.0f} GFLOP/s, "
+            f"{fma['gflops'] / fma['fma_threads']:,.0f} a thread ({configuration(fma)}); "
+            "% FMA is every precision's share of this float32 peak"
+        )
+    lines += [f"{peer}: not measured here: {reason}" for peer, reason in unavailable.items()]
     lines.append("what a round holds (images/s = 48,000 training images over its seconds):")
     legend = {r["round"]: r.get("round_includes", "") for r in rows if "round" in r}
     lines += [f"  {name}: {text}" for name, text in sorted(legend.items())]
     lines.append(
         "x Keras: against the fastest Keras fit peer of the same section; x book: against the "
-        f"book's eager class; {BOOK_NOTE}"
+        f"book's eager class; {BOOK_NOTE}; GFLOP/s: the network's nominal training FLOPs "
+        f"({training_flops_per_image():,} an image) at the row's images/s"
     )
     lines += _headline(training)
     best = [{**r, "images_per_second": r["best_images_per_second"]} for r in training]
     lines += ["at each peer's best round:", *_headline(best)[:2]]
     return "\n".join(lines)
+
+
+def cpu_family(machine: dict) -> str:
+    """', cpu family F model M (its cores)' where the machine's family is known."""
+    family = machine.get("cpu_family")
+    if family is None:
+        return ""
+    name = CPU_FAMILIES.get(family)
+    return f", cpu family {family} model {machine.get('cpu_model', '?')}" + (
+        f" ({name})" if name else ""
+    )
+
+
+def nominal_gflops(row: dict) -> float:
+    """The network's training FLOPs at the row's images/s (the median round's)."""
+    return row["images_per_second"] * training_flops_per_image() / 1e9
+
+
+def share(gflops: float, reference: dict | None) -> str:
+    """`gflops` as a share of a measured ceiling or peak row; "-" without one."""
+    return f"{100 * gflops / reference['gflops']:.0f}%" if reference else "-"
+
+
+def xla_twins(training: list[dict]) -> list[tuple[dict, dict | None]]:
+    """Each --xla peer (fastconv_xla...) and its graph twin, the peer named without "_xla"
+    (fastconv_xla_bf16_b512 -> fastconv_bf16_b512) if it ran at the same precision and
+    batch size; None where it did not run."""
+    by_peer = {r["peer"]: r for r in training}
+    pairs = []
+    for peer, row in by_peer.items():
+        if not peer.startswith("fastconv_xla"):
+            continue
+        twin = by_peer.get("fastconv" + peer.removeprefix("fastconv_xla"))
+        if twin and _settings(twin) != _settings(row):
+            twin = None
+        pairs.append((row, twin))
+    return sorted(pairs, key=lambda pair: _settings(pair[0]))
+
+
+def _settings(row: dict) -> tuple:
+    return row.get("precision", "float32"), row.get("batch_size", 128), bool(row.get("validation"))
+
+
+def _xla_lines(training: list[dict]) -> list[str]:
+    """The "--xla against graph" section: each --xla row's images/s over its twin's."""
+    pairs = xla_twins(training)
+    if not pairs:
+        return []
+    lines = ["-- --xla against the graph path: images/s over the twin's, median (best) rounds"]
+    width = max(len(xla["peer"]) for xla, _ in pairs)
+    for xla, graph in pairs:
+        precision, batch, _ = _settings(xla)
+        where = f"{xla['peer']:{width}} {precision:>14}, batch {batch:<4}"
+        if graph is None:
+            lines.append(f"{where} -  (its graph twin did not run)")
+            continue
+        median = _ratio(xla["images_per_second"], graph["images_per_second"])
+        best = _ratio(xla["best_images_per_second"], graph["best_images_per_second"])
+        lines.append(f"{where} {median} ({best}) of {graph['peer']}")
+    return lines
 
 
 def _validated(training: list[dict]) -> list[dict]:

@@ -25,6 +25,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo_field("flags").split())
 
 
+def cpu_family_model() -> tuple[int, int] | None:
+    """/proc/cpuinfo's "cpu family" and "model"; None where there are none (not Linux, not
+    x86). Family 25 is AMD's Zen 3 and Zen 4, 26 Zen 5; Intel's cores are family 6."""
+    try:
+        return int(_cpuinfo_field("cpu family")), int(_cpuinfo_field("model"))
+    except ValueError:
+        return None
+
+
 def _cpuinfo_field(name: str) -> str:
     """The first value of `name` in /proc/cpuinfo; empty where there is none (not Linux)."""
     try:

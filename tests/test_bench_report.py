@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from report import combined, format_table
+from report import combined, format_table, nominal_gflops, training_flops_per_image, xla_twins
 
 
 def row(peer, kind, seconds, work=1000, **details):
@@ -98,3 +98,94 @@ def test_headline_says_how_larger_batches_train_against_batch_128():
     assert "larger batches, float32: batch 256 1.25x, batch 512 0.80x batch 128's" in table
     # bfloat16's larger batches were not run: no line claims anything about them.
     assert "larger batches, mixed_bfloat16" not in table
+
+
+def test_every_training_row_has_its_share_of_the_matmul_ceiling_and_the_fma_peak():
+    flops = training_flops_per_image()
+    rows = [
+        # 10,000 images/s: the network's nominal GFLOP/s is 10,000 * flops / 1e9.
+        row("fastconv", "fastconv", [1.0], work=10_000, round="compiled epoch"),
+        row("fastconv_bf16", "fastconv", [0.5], work=10_000, precision="mixed_bfloat16"),
+        row("matmul_float32", "matmul", [1.0], work=4 * 10_000 * flops, dtype="float32"),
+        # The peak over its best round: 8x the float32 row's GFLOP/s.
+        row("fma_peak", "fma", [2.0, 1.0], work=8 * 10_000 * flops, fma_threads=2),
+    ]
+    (fastconv,) = [r for r in combined(rows) if r["peer"] == "fastconv"]
+    assert nominal_gflops(fastconv) == pytest.approx(10_000 * flops / 1e9)
+    lines = format_table(rows, {"cpu": "test CPU", "cores": 2}).splitlines()
+    header = next(line for line in lines if line.startswith("trainer"))
+    assert header.split().index("FMA") == header.split().index("matmul") + 2  # beside it
+    fields = next(line for line in lines if line.startswith("fastconv ")).split()
+    assert fields[4:7] == [f"{10_000 * flops / 1e9:.1f}", "25%", "12%"]  # 1/4, 1/8
+    # bfloat16 has no bfloat16 matmul ceiling here; its share of the float32 FMA peak is given.
+    assert next(line for line in lines if line.startswith("fastconv_bf16 ")).split()[5:7] == [
+        "-",
+        "25%",
+    ]
+    peak = f"peak: fma_peak: {8 * 10_000 * flops / 1e9:,.0f} GFLOP/s, "
+    assert any(line.startswith(peak) for line in lines)
+
+
+def test_without_the_fma_peak_the_column_is_left_out_and_the_table_says_why():
+    rows = [
+        row("fastconv", "fastconv", [1.0]),
+        row("fma_peak", "fma", None, unavailable="this CPU has no AVX-512"),
+    ]
+    lines = format_table(rows, {"cpu": "test CPU", "cores": 2}).splitlines()
+    assert not any("FMA" in line for line in lines if line.startswith(("trainer", "fastconv")))
+    assert "fma_peak: not measured here: this CPU has no AVX-512" in lines
+
+
+def test_header_names_the_cpu_family_and_its_cores():
+    rows = [row("fastconv", "fastconv", [1.0])]
+    machine = {"cpu": "AMD EPYC 9R14", "cores": 2, "cpu_family": 25, "cpu_model": 17}
+    first = format_table(rows, machine).splitlines()[0]
+    assert first.startswith("machine: AMD EPYC 9R14, 2 cores, cpu family 25 model 17 (Zen 3/4) |")
+    machine.update(cpu_family=26, cpu_model=2)
+    assert "cpu family 26 model 2 (Zen 5)" in format_table(rows, machine)
+    assert "cpu family" not in format_table(rows, {"cpu": "test CPU", "cores": 2})
+
+
+def test_each_xla_row_is_compared_with_its_graph_twin():
+    rows = [
+        row("fastconv", "fastconv", [2.0, 1.0], xla=False),
+        row("fastconv_xla", "fastconv", [1.0, 1.0], xla=True),
+        row("fastconv_bf16", "fastconv", [1.0], precision="mixed_bfloat16"),
+        row("fastconv_xla_bf16", "fastconv", [2.0], precision="mixed_bfloat16", xla=True),
+        row("fastconv_xla_b512", "fastconv", [1.0], batch_size=512, xla=True),
+        # A twin by name that ran other settings is no twin.
+        row("fastconv_bf16_b512", "fastconv", [1.0], precision="mixed_bfloat16", batch_size=256),
+        row(
+            "fastconv_xla_bf16_b512",
+            "fastconv",
+            [1.0],
+            precision="mixed_bfloat16",
+            batch_size=512,
+            xla=True,
+        ),
+        row("fastconv_1shard", "fastconv", [0.5], shards=1),
+        row("xla_naive", "fastconv", [4.0], xla=True),
+    ]
+    pairs = {xla["peer"]: twin and twin["peer"] for xla, twin in xla_twins(combined(rows))}
+    assert pairs == {
+        "fastconv_xla": "fastconv",
+        "fastconv_xla_b512": None,
+        "fastconv_xla_bf16_b512": None,
+        "fastconv_xla_bf16": "fastconv_bf16",
+    }
+    lines = format_table(rows, {"cpu": "test CPU", "cores": 2}).splitlines()
+    start = lines.index(
+        "-- --xla against the graph path: images/s over the twin's, median (best) rounds"
+    )
+    section = [line.split() for line in lines[start + 1 : start + 5]]
+    # float32 before mixed_bfloat16, batch 128 before 512; the median rounds' ratio, then
+    # the best rounds'.
+    assert [fields[0] for fields in section] == [
+        "fastconv_xla",
+        "fastconv_xla_b512",
+        "fastconv_xla_bf16",
+        "fastconv_xla_bf16_b512",
+    ]
+    assert section[0][4:] == ["1.50x", "(1.00x)", "of", "fastconv"]
+    assert section[2][4:] == ["0.50x", "(0.50x)", "of", "fastconv_bf16"]
+    assert section[1][4:] == ["-", "(its", "graph", "twin", "did", "not", "run)"]
