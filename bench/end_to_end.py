@@ -170,8 +170,7 @@ def _fastconv(flags: tuple[str, ...], epochs: int) -> dict:
     epoch_lines = [(s, float(m[2])) for s, line in process.lines if (m := EPOCH_LINE.match(line))]
     # Between one epoch line and the next: the checkpoint after the first, the second's steps,
     # its validation and summaries. The first epoch's interval also holds the set-up after
-    # compiling (summaries of the graph, --xla's speed probe): its share is estimated as the
-    # median of the others'.
+    # compiling (summaries of the graph): its share is estimated as the median of the others'.
     outside = [
         (later - earlier) - steps
         for (earlier, _), (later, steps) in itertools.pairwise(epoch_lines)
@@ -277,9 +276,7 @@ FOOTNOTES = """\
 - end: after the last epoch. fastconv: last checkpoint, test set, metrics.json, figures,
   confusion matrix. Keras: `evaluate` on the test set. The book: `score` on validation and test.
 - rest: outside - the parts before it: the interpreter's start, imports beyond TensorFlow's,
-  reading the data, building the model, fit's set-up; fastconv's run folder, summaries and,
-  with --xla, its speed probe. fastconv reads its data while TensorFlow imports: its rest
-  holds no data reading, only what the import took there beyond the import alone.
+  reading the data, building the model, fit's set-up; fastconv's run folder and summaries.
 - outside but import, % of steps: (wall + exit - steps - import) / steps, the issue's 20%
   measure: everything but the steps and TensorFlow's import, until the process has ended.
 - x Keras: Keras's fastest row's seconds over this row's (above 1: faster than Keras).

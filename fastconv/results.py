@@ -36,7 +36,6 @@ class RunResult:
     test_accuracy: float
     compile_seconds: float
     train_seconds: float
-    xla_speed_ratio: float | None  # XLA over graph-mode speed, probed on CPU runs with --xla
     trainer: Trainer = dataclasses.field(repr=False)
     checkpoint: str | None = None  # the last checkpoint saved (with a logdir)
     # This process's share of `train_seconds`: less when the run was resumed.
@@ -76,7 +75,6 @@ def metrics(result: RunResult, images_per_epoch: int) -> dict:
         "images_per_second": len(result.history) * images_per_epoch / result.train_seconds,
         "compile_seconds": result.compile_seconds,
         "train_seconds": result.train_seconds,
-        "xla_speed_ratio": result.xla_speed_ratio,
         # Per epoch: losses, accuracies, training seconds (bench/time_to_accuracy.py).
         "history": [dataclasses.asdict(epoch) for epoch in result.history],
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from fastconv import checkpoints, data, export, faults, machine, rundir, runtime, xla_probe
+from fastconv import checkpoints, data, export, faults, machine, rundir, runtime
 from fastconv.checkpoints import Checkpoints, kept, starting_point
 from fastconv.config import ConfigError, TrainConfig
 from fastconv.interruption import StopRequests
@@ -119,7 +119,6 @@ def train_and_evaluate(
         faults.reached("compile")
         compile_seconds = compile_trainer(trainer, datasets, config.profile_steps is not None)
         log(f"compiled in {compile_seconds:.2f} s")
-        xla_ratio = _probe_xla(trainer, datasets, config, placement, log)
         requests.check("while compiling")
         if summaries and not start:
             summaries.hparams(config.to_dict(), folder.name)
@@ -149,7 +148,6 @@ def train_and_evaluate(
             test_accuracy=float(test.accuracy),
             compile_seconds=compile_seconds,
             train_seconds=state.train_seconds,
-            xla_speed_ratio=xla_ratio,
             trainer=trainer,
             checkpoint=loop.checkpoint,
             train_seconds_here=loop.seconds_here,
@@ -201,24 +199,6 @@ def compile_trainer(trainer: Trainer, datasets: Datasets, profiled: bool) -> flo
         if profiled:
             trainer.train_one_step(iterator)
     return time.perf_counter() - start
-
-
-def _probe_xla(trainer, datasets, config, placement, log) -> float | None:
-    """Under --xla on one CPU device: its steps' speed over graph mode's, with a note when
-    graph mode is faster."""
-    if not config.xla or placement.on_gpu or placement.strategy:
-        return None
-    ratio = xla_probe.xla_speed_ratio(trainer, datasets.train(), config, placement)
-    if ratio < 0.95:
-        graph_form = runtime.fastest_conv_form(xla=False, on_gpu=placement.on_gpu)
-        graph_threads = runtime.thread_counts(placement.shards, placement.on_gpu, graph_form)
-        on_xlas = " on --xla's threads" if placement.threads != graph_threads else ""
-        log(
-            f"note: on this CPU the XLA steps ran at {ratio:.2f}x the speed of graph "
-            f"mode{on_xlas} (measured just now, best of 3 x 50 steps); leave out --xla "
-            "to train faster"
-        )
-    return ratio
 
 
 def _run_id(folder: Path | None) -> str | None:

@@ -30,16 +30,6 @@ from fastconv.machine import (
 from fastconv.model import CONV_FORMS, KERNEL_SIZE, POOLED_SIZE
 
 
-def seed_everything(seed: int) -> None:
-    """Seeds Python, NumPy and TensorFlow, so a run is repeatable from its seed."""
-    keras.utils.set_random_seed(seed)
-
-
-def enable_determinism() -> None:
-    """Makes TensorFlow's ops deterministic (an error for an op that cannot be)."""
-    tf.config.experimental.enable_op_determinism()
-
-
 def versions() -> dict[str, str]:
     from fastconv import __version__
 
@@ -280,6 +270,11 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
             f"note: fastconv's fused conv op is not available ({why_not_fused}); the first "
             "layer runs as TensorFlow's ops"
         )
+    if config.xla and settings["precision"] == "mixed_bfloat16" and not on_gpu:
+        notes.append(
+            "note: XLA on a CPU computes bfloat16 matmuls without the CPU's bfloat16 units: "
+            "graph mode (leave out --xla) trains faster in mixed_bfloat16"
+        )
     if settings["precision"] == "mixed_float16" and not on_gpu:
         notes.append(
             "warning: mixed_float16 on a CPU has no float16 units to use and ran several "
@@ -296,14 +291,15 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
 
 
 def set_up(config: TrainConfig, recorded: dict | None = None) -> Placement:
-    """`place`, then the process set up as it says: threads, determinism, seeds."""
+    """`place`, then the process set up as it says: threads, TensorFlow's op determinism
+    (an error for an op that cannot be), and Python's, NumPy's and TensorFlow's seeds."""
     placement = place(config, recorded)
     if not set_threads(placement.threads):  # only possible before TensorFlow's first op
         note = f"note: TensorFlow already started; keeping its threads, not {placement.threads}"
         placement = dataclasses.replace(placement, notes=(*placement.notes, note))
     if config.deterministic:
-        enable_determinism()
-    seed_everything(config.seed)
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
     return placement
 
 

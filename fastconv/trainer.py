@@ -94,8 +94,8 @@ class Trainer:
         # in the data order that a resumed run continues from.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         # The step loss goes to TensorBoard from inside the compiled loop, every `log_every`
-        # steps: a summary op in the graph, no trip to the host. A warm-up or a speed probe
-        # turns `recording` off, so the steps it undoes leave no points behind.
+        # steps: a summary op in the graph, no trip to the host. A warm-up turns
+        # `recording` off, so the steps it undoes leave no points behind.
         self.step_summaries = step_summaries
         self.log_every = log_every
         self.recording = tf.Variable(True, trainable=False, name="recording")

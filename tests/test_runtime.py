@@ -65,6 +65,17 @@ def test_shards_get_the_cores_between_them(cores):
     assert runtime.thread_counts(shards=2, on_gpu=True, conv_form="fused") is None
 
 
+def test_xla_in_bfloat16_on_a_cpu_is_told_that_graph_mode_trains_faster(machine):
+    machine(core_count=2, gpus=0)
+    note = (
+        "note: XLA on a CPU computes bfloat16 matmuls without the CPU's bfloat16 units: "
+        "graph mode (leave out --xla) trains faster in mixed_bfloat16"
+    )
+    assert note in runtime.place(TrainConfig(xla=True, precision="mixed_bfloat16")).notes
+    assert note not in runtime.place(TrainConfig(xla=True)).notes
+    assert note not in runtime.place(TrainConfig(precision="mixed_bfloat16")).notes
+
+
 def test_xla_shards_share_every_core_for_the_window_patches_compiled_parts(machine):
     # XLA's runtime hands that form's parallel parts to the intra-op pool the shards share;
     # the custom calls of fastconv's kernel take one core per shard, as the op does.

@@ -9,15 +9,13 @@ import pytest
 import tensorflow as tf
 from helpers import synthetic_dataset, synthetic_images
 
-from fastconv import data, pipeline, run, runtime, xla_probe
+from fastconv import data, pipeline, run, runtime
 from fastconv.config import TrainConfig
 from fastconv.loop import TrainingDiverged
 from fastconv.model import ConvNet, cross_entropy
 from fastconv.pipeline import make_datasets
 from fastconv.run import compile_trainer, train_and_evaluate
-from fastconv.runtime import fastest_conv_form
 from fastconv.trainer import Trainer, make_trainer
-from fastconv.xla_probe import block_seconds, xla_speed_ratio
 
 
 def batch(count=64, seed=0):
@@ -274,32 +272,6 @@ def test_loss_falls_on_real_data(fashion_mnist):
     assert block_losses == sorted(block_losses, reverse=True)
     assert val_loss < 0.75 * initial_loss
     assert val_accuracy > 0.7
-
-
-def test_xla_speed_probe_leaves_the_trainer_as_it_was(monkeypatch):
-    dataset = synthetic_dataset()
-    config = TrainConfig(batch_size=32, xla=True)
-    datasets = make_datasets(data.book_split(dataset, config), config, resident=True)
-    placement = runtime.place(config)
-    trainer = make_trainer(config, placement, datasets.make_batch)
-    before = [v.numpy() for v in trainer.variables]
-    timed = []  # (trainer, its step count after timing, its seconds), per trainer timed
-
-    def timed_block_seconds(timed_trainer, iterator, steps, rounds):
-        seconds = block_seconds(timed_trainer, iterator, steps, rounds)
-        timed.append((timed_trainer, timed_trainer.steps_done, seconds))
-        return seconds
-
-    monkeypatch.setattr(xla_probe, "block_seconds", timed_block_seconds)
-    ratio = xla_speed_ratio(trainer, datasets.train(), config, placement, steps=3, rounds=2)
-    (xla_trainer, xla_steps, xla_seconds), (twin, twin_steps, graph_seconds) = timed
-    assert xla_trainer is trainer
-    assert (twin.xla, twin.shards) == (False, 2)
-    assert twin.conv_form == fastest_conv_form(xla=False, on_gpu=False)  # a CPU's
-    assert xla_steps == twin_steps == 1 + 2 * 3  # a step that compiles, then 2 rounds of 3
-    assert ratio == graph_seconds / xla_seconds  # XLA's speed over graph mode's
-    for variable, value in zip(trainer.variables, before):
-        np.testing.assert_array_equal(variable.numpy(), value)
 
 
 def test_training_images_resident_on_the_device_train_exactly_as_the_stream():
