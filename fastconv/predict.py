@@ -9,6 +9,7 @@ Each image gets one line: where it came from, its class, and the class's probabi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from fastconv.data import IMAGE_SIZE, DataError, read_idx
 from fastconv.importing import import_tensorflow
+from fastconv.interruption import OUTPUT_FAILED, READER_GONE, output_failure
 
 
 def read_images(path: Path) -> np.ndarray:
@@ -95,19 +97,37 @@ def load_classifier(directory: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 an input or model it cannot read, 141 the output's reader went
+    away (quietly, as `yes | head -1`), 120 the output could not be written."""
     args = build_parser().parse_args(argv)
+    if sys.stdout is None:  # started with its output closed (`>&-`)
+        error_line("cannot write the output: stdout is closed")
+        return OUTPUT_FAILED
     try:
         images = {path: read_images(path) for path in args.inputs}  # all checked before any work
         classify, class_names = load_classifier(args.model)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+        error_line(error)
         return 2
-    for path, batch in images.items():
-        probabilities = classify(images=batch)["probabilities"].numpy()
-        for index, row in enumerate(probabilities):
-            label = int(np.argmax(row))
-            print(f"{path}[{index}]: {class_names[label]} ({row[label]:.3f})")
+    try:
+        for path, batch in images.items():
+            probabilities = classify(images=batch)["probabilities"].numpy()
+            for index, row in enumerate(probabilities):
+                label = int(np.argmax(row))
+                print(f"{path}[{index}]: {class_names[label]} ({row[label]:.3f})")
+        sys.stdout.flush()  # here, where a failure is caught, not at the exit
+    except OSError as error:
+        exit_code, cause = output_failure(error)
+        if exit_code != READER_GONE:
+            error_line(cause)
+        return exit_code
     return 0
+
+
+def error_line(error) -> None:
+    """An error's one line on stderr, where stderr can take it."""
+    with contextlib.suppress(OSError):
+        print(f"error: {error}", file=sys.stderr, flush=True)
 
 
 def main_entry() -> None:

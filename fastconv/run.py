@@ -48,7 +48,8 @@ def train_and_evaluate(
     The run holds its folder locked for its whole life. What it cannot do (a folder in use
     or unwritable, nothing intact to resume, fewer epochs than done, an export folder it
     must not overwrite) it refuses before writing anything, with a ConfigError. SIGINT and
-    SIGTERM are answered in every phase with `fastconv.interruption.Interrupted`.
+    SIGTERM, and a line `log` cannot write, are answered in every phase with
+    `fastconv.interruption.Interrupted`.
     """
     config = per_worker(config)
     if not isinstance(dataset, data.BookSplit):
@@ -59,6 +60,7 @@ def train_and_evaluate(
         folder = stack.enter_context(rundir.claimed(config.logdir)) if config.logdir else None
         nothing = kept(None) if folder else "no --logdir, so nothing was saved"
         requests = stack.enter_context(StopRequests(nothing))
+        log = requests.guarded(log)  # output that cannot be written stops the run, saved
         faults.reached("start-up")
         start = starting_point(config, folder, steps_per_epoch, resume)
         if config.export_dir:

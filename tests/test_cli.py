@@ -5,12 +5,15 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import idx_bytes, run_script, write_dataset
+from folders import go_on, run_paused_in_checkpoint
+from helpers import SCRIPTS, idx_bytes, run_script, write_dataset
 
 from fastconv import cli
 
@@ -209,13 +212,71 @@ def test_the_output_is_flushed_before_the_process_ends(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("flags", "closed", "code"), [(["--help"], 1, 0), (["--epochs", "0"], 2, 2)]
+    ("flags", "closed", "code"),
+    [(["--help"], 1, 0), (["--epochs", "0"], 2, 2), (["--epochs", "1"], 1, 120)],
 )
-def test_a_command_started_with_its_output_closed_ends_with_its_own_code(flags, closed, code):
+def test_a_command_started_with_its_output_closed_ends_with_its_own_code(
+    flags, closed, code, tmp_path
+):
     """Started with stdout or stderr closed (Python then has None for it), the command ends
-    with the code of what it did, not a traceback at its exit."""
+    with the code of what it did, not a traceback at its exit; a run that could print
+    nothing is not started (--help goes to stderr, as argparse has it)."""
     run = run_script(
-        "train.py", *flags, env=BUFFERED, timeout=120, preexec_fn=lambda: os.close(closed)
+        "train.py",
+        *flags,
+        env=BUFFERED,
+        timeout=120,
+        cwd=tmp_path,
+        preexec_fn=lambda: os.close(closed),
     )
     assert run.returncode == code
     assert "Traceback" not in run.stderr
+    if code == 120:
+        assert (
+            run.stderr == "error: cannot write the output: stdout is closed; nothing was started\n"
+        )
+        assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write to")
+@pytest.mark.parametrize("quiet", [False, True])
+def test_output_that_cannot_be_written_is_one_line_exit_120(data_dir, tmp_path, quiet):
+    """A full output: the first line fails before the run starts; under --quiet the run's
+    only lines, the results, come after they are written in its folder."""
+    logdir = tmp_path / "run"
+    flags = ["--data-dir", str(data_dir), "--logdir", str(logdir), "--batch-size", "32"]
+    flags += ["--epochs", "1"] + (["--quiet"] if quiet else [])
+    with open("/dev/full", "w") as full:
+        script = [sys.executable, str(SCRIPTS / "train.py"), *flags]
+        run = subprocess.run(script, stdout=full, stderr=PIPE, text=True, timeout=600)
+    assert run.returncode == 120
+    if quiet:
+        assert run.stderr == (
+            "error: cannot write the output (No space left on device); the run is done; its "
+            f"results are in {logdir}\n"
+        )
+        assert (logdir / "metrics.json").exists()
+    else:
+        assert run.stderr == (
+            "error: cannot write the output (No space left on device): stopped during "
+            "start-up; nothing was saved\n"
+        )
+        assert not logdir.exists()
+
+
+def test_a_reader_that_goes_away_stops_the_run_having_saved_it(data_dir, tmp_path):
+    """`train.py | head`: as a Unix tool whose reader went away, the run stops (the shell
+    would wait for it), at its next answering point, saving a checkpoint first; exit 141."""
+    logdir = tmp_path / "run"
+    with run_paused_in_checkpoint(data_dir, logdir, "--epochs", "3") as run:  # in epoch 1's
+        run.stdout.close()  # the reader goes
+        go_on(run)
+        run.wait(timeout=300)
+        stderr = run.stderr.read()
+    checkpoint = logdir / "checkpoints" / "ckpt-100"
+    assert (run.returncode, stderr) == (
+        141,
+        f"error: the output's reader went away: stopped after epoch 2; saved {checkpoint}; "
+        f"resume with: python scripts/train.py --logdir {logdir} --resume\n",
+    )
+    assert tf.train.latest_checkpoint(str(logdir / "checkpoints")) == str(checkpoint)

@@ -1,11 +1,15 @@
 """scripts/predict.py: an exported model classifies IDX files, .npy arrays and PNG images."""
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import idx_bytes, run_script
+from helpers import SCRIPTS, idx_bytes, run_script
 
 from fastconv import data, export, pipeline
 from fastconv.model import ConvNet
@@ -93,3 +97,28 @@ def test_a_folder_that_is_not_a_model_is_one_line(tmp_path, fashion_mnist):
     run = run_script("predict.py", str(tmp_path), str(npy))
     assert run.returncode == 2
     assert f"error: {tmp_path}: not a model exported by fastconv --export" in run.stderr
+
+
+def test_output_that_cannot_be_written_ends_without_a_traceback(model_dir, tmp_path):
+    """A reader gone (`| head`): quietly, 141, as `yes | head -1`; a full or closed output:
+    one line, 120."""
+    npy = tmp_path / "images.npy"
+    np.save(npy, np.zeros((3, 28, 28), np.uint8))
+    command = [sys.executable, str(SCRIPTS / "predict.py"), str(model_dir), str(npy)]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    with os.fdopen(write_end, "w") as gone:
+        run = subprocess.run(command, stdout=gone, stderr=subprocess.PIPE, text=True)
+    assert (run.returncode, run.stderr) == (141, "")
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            run = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
+        assert (run.returncode, run.stderr) == (
+            120,
+            "error: cannot write the output (No space left on device)\n",
+        )
+    run = subprocess.run(command, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert (run.returncode, run.stderr) == (
+        120,
+        "error: cannot write the output: stdout is closed\n",
+    )
