@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import sys
 import time
@@ -13,7 +12,14 @@ from pathlib import Path
 from fastconv import data, faults, rundir
 from fastconv.config import ConfigError, TrainConfig, flag_name, flag_of
 from fastconv.importing import import_tensorflow
-from fastconv.interruption import OUTPUT_FAILED, Interrupted, output_failure, stop_at_once
+from fastconv.interruption import (
+    OUTPUT_FAILED,
+    Interrupted,
+    error_line,
+    escaping_stdout,
+    output_failure,
+    stop_at_once,
+)
 
 # Flags of the command, not of the run's configuration.
 COMMAND_FLAGS = ("resume", "quiet")
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     141 the output's reader went away, 120 the output could not be written.
     """
     started_at = started_at if started_at is not None else time.perf_counter()
+    escaping_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     resume, quiet = getattr(args, "resume", False), getattr(args, "quiet", False)
@@ -158,12 +165,6 @@ def say(text: str, otherwise: str) -> int:
         error_line(f"{cause}; {otherwise}")
         return exit_code
     return 0
-
-
-def error_line(error) -> None:
-    """An error's one line on stderr, where stderr can take it."""
-    with contextlib.suppress(OSError):
-        print(f"error: {error}", file=sys.stderr, flush=True)
 
 
 def _train_from_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool, log):

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -47,6 +49,20 @@ class Interrupted(BaseException):
 
 def signal_name(number: int) -> str:
     return signal.Signals(number).name
+
+
+def escaping_stdout() -> None:
+    """Characters that stdout's encoding lacks (the book's Korean title on an ASCII terminal,
+    a path's bytes that are not UTF-8) printed as escapes (`\\ub525`), as Python prints them
+    on stderr, instead of a UnicodeEncodeError."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
+def error_line(error) -> None:
+    """An error's one line on stderr, where stderr can take it."""
+    with contextlib.suppress(OSError):
+        print(f"error: {error}", file=sys.stderr, flush=True)
 
 
 def output_failure(error: OSError) -> tuple[int, str]:

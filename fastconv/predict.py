@@ -9,7 +9,6 @@ Each image gets one line: where it came from, its class, and the class's probabi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -17,7 +16,13 @@ import numpy as np
 
 from fastconv.data import IMAGE_SIZE, DataError, read_idx
 from fastconv.importing import import_tensorflow
-from fastconv.interruption import OUTPUT_FAILED, READER_GONE, output_failure
+from fastconv.interruption import (
+    OUTPUT_FAILED,
+    READER_GONE,
+    error_line,
+    escaping_stdout,
+    output_failure,
+)
 
 
 def read_images(path: Path) -> np.ndarray:
@@ -99,6 +104,7 @@ def load_classifier(directory: str):
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 an input or model it cannot read, 141 the output's reader went
     away (quietly, as `yes | head -1`), 120 the output could not be written."""
+    escaping_stdout()
     args = build_parser().parse_args(argv)
     if sys.stdout is None:  # started with its output closed (`>&-`)
         error_line("cannot write the output: stdout is closed")
@@ -122,12 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             error_line(cause)
         return exit_code
     return 0
-
-
-def error_line(error) -> None:
-    """An error's one line on stderr, where stderr can take it."""
-    with contextlib.suppress(OSError):
-        print(f"error: {error}", file=sys.stderr, flush=True)
 
 
 def main_entry() -> None:

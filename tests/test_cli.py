@@ -280,3 +280,32 @@ def test_a_reader_that_goes_away_stops_the_run_having_saved_it(data_dir, tmp_pat
         f"resume with: python scripts/train.py --logdir {logdir} --resume\n",
     )
     assert tf.train.latest_checkpoint(str(logdir / "checkpoints")) == str(checkpoint)
+
+
+def escaped(text) -> str:
+    """`text` as a stream that cannot encode it prints it: \\uXXXX escapes."""
+    return str(text).encode("ascii", "backslashreplace").decode()
+
+
+def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(data_dir, tmp_path):
+    """The book's Korean title in --help, and non-ASCII paths in the run's lines and errors."""
+    ascii_terminal = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
+    usage = run_script("train.py", "--help", env=ascii_terminal)
+    assert usage.returncode == 0, usage.stderr
+    assert "'Do it! \\ub525\\ub7ec\\ub2dd \\uc785\\ubb38'" in usage.stdout
+    korean_data, logdir = tmp_path / "데이터", tmp_path / "실행"
+    korean_data.symlink_to(data_dir)
+    run = run_script(
+        "train.py",
+        *["--data-dir", str(korean_data), "--logdir", str(logdir), "--batch-size", "32"],
+        *["--epochs", "1"],
+        env=ascii_terminal,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"data_dir={escaped(korean_data)} " in run.stdout
+    assert run.stdout.endswith(f"run folder {escaped(logdir)}\n")
+    missing = run_script("train.py", "--data-dir", str(tmp_path / "없음"), env=ascii_terminal)
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        f"error: {escaped(tmp_path / '없음')}: no such directory (--data-dir)\n",
+    )

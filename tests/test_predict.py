@@ -122,3 +122,13 @@ def test_output_that_cannot_be_written_ends_without_a_traceback(model_dir, tmp_p
         120,
         "error: cannot write the output: stdout is closed\n",
     )
+
+
+def test_a_path_that_the_terminal_cannot_encode_is_printed_escaped(model_dir, tmp_path):
+    npy = tmp_path / "이미지.npy"
+    np.save(npy, np.zeros((1, 28, 28), np.uint8))
+    ascii_terminal = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
+    run = run_script("predict.py", str(model_dir), str(npy), env=ascii_terminal)
+    assert run.returncode == 0, run.stderr
+    ((name, index, _, _),) = predictions(run.stdout)
+    assert (name, index) == (str(npy).encode("ascii", "backslashreplace").decode(), 0)
