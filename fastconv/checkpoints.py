@@ -191,7 +191,8 @@ def starting_point(
 ) -> Start | None:
     """The checkpoint the run continues from, or None for a new run.
 
-    Raises ConfigError for a new run over a folder that holds checkpoints, NothingToResume
+    Raises ConfigError for a new run over a folder that holds checkpoints, or anything but
+    an empty run folder's lock (`fastconv.rundir.require_fresh`), NothingToResume
     without an intact checkpoint to resume from, ConfigError for `--epochs` below what the
     run has trained, and NothingToDo when the run has trained and reported all its epochs
     (unless it is to be exported).
@@ -203,6 +204,8 @@ def starting_point(
                 f"{folder} already holds a run's checkpoints: continue it with --resume, "
                 "or choose another --logdir"
             )
+        if folder:
+            rundir.require_fresh(folder)
         return None
     if directory is None:
         raise NothingToResume("resuming needs the run folder (--logdir) of the run to continue")

@@ -108,6 +108,8 @@ def check_target(directory: str | Path, run: str | None) -> None:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise RunFolderError(f"--export {directory}: is a file, not a folder")
+    if run and directory.resolve() == Path(run):
+        raise RunFolderError(f"--export {directory}: is the run folder (--logdir); choose another")
     if directory.is_dir() and any(directory.iterdir()):
         try:
             exported_by = json.loads((directory / RECORD).read_text())["run"]

@@ -92,22 +92,21 @@ def train_and_evaluate(
         )
         if start:  # every refusal is behind us: the first change to the folder
             checkpoints.discard_uncommitted(folder / rundir.CHECKPOINTS, start)
-        summaries = stack.enter_context(Summaries(folder)) if folder else None
         trainer = make_trainer(
-            config,
-            placement,
-            datasets.make_batch,
-            summaries.train if summaries else None,
-            steps_per_epoch=steps_per_epoch,
+            config, placement, datasets.make_batch, steps_per_epoch=steps_per_epoch
         )
         saved = Checkpoints(folder / rundir.CHECKPOINTS, trainer) if folder else None
-        state = LoopState()
+        state, summaries = LoopState(), None
         if start:
             state = LoopState.from_json(saved.restore(start))
             log(f"resumed from {start.path} (step {trainer.steps_done})")
             requests.kept = kept(start.path, config.logdir)
         if folder:
             rundir.require_space(folder, saved.bytes_needed())
+            # The event files come after the last refusal; the compiled loop writes the step
+            # loss to its writer, which the first trace (compiling, below) builds in.
+            summaries = stack.enter_context(Summaries(folder))
+            trainer.step_summaries = summaries.train
             rundir.write_json(folder / rundir.CONFIG, config.to_dict())
             environment = {"device": placement.description, "precision": placement.precision}
             environment["placement"] = placement.record()

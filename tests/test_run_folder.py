@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,50 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_changes_nothing(data_dir
     assert json.loads((logdir / "metrics.json").read_text())["epochs"] == 2
     for writer in ("train", "validation", "test"):
         assert len(list((logdir / writer).iterdir())) == 1  # one run's event file
+
+
+@pytest.mark.parametrize("held", ["files of the user's", "another run"])
+def test_a_new_run_refuses_a_folder_that_holds_files_and_changes_nothing(
+    data_dir, finished, tmp_path, capsys, held
+):
+    logdir = tmp_path / "mine"
+    logdir.mkdir()
+    if held == "another run":  # one stopped before its first checkpoint
+        shutil.copy(finished / rundir.CONFIG, logdir)
+        why = "holds another run (its config.json); a new run needs an empty or new folder"
+    else:  # names a run folder uses too, which the run would overwrite
+        (logdir / rundir.CONFIG).write_text('{"my": "settings"}\n')
+        (logdir / "loss.png").write_bytes(b"my figure")
+        why = "the folder is not empty and is not a fastconv run folder (it holds config.json, "
+        why += "loss.png); choose an empty or new folder"
+    before = snapshot(logdir)
+    code, out, err = main(capsys, *flags(data_dir, logdir, "--epochs", "1"))
+    assert code == 2
+    assert error_lines(err)[0].startswith(f"error: --logdir {logdir}: {why}")
+    assert len(error_lines(err)) == 1 and "compiling" not in out
+    assert snapshot(logdir) == before and len(list(logdir.iterdir())) == len(before)  # no lock
+
+
+def test_a_new_run_takes_a_folder_that_holds_only_a_lock_and_its_workers_folders(tmp_path):
+    (tmp_path / rundir.LOCK).touch()
+    (tmp_path / "worker-1").mkdir()  # a multi-worker run's worker, started before the chief
+    rundir.require_fresh(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        ["--kernels", "100000", "--device", "cpu"],  # too large for the memory
+        ["--device", "gpu:99"],  # not there
+        ["--export", "{logdir}"],  # its own run folder
+    ],
+)
+def test_a_refused_run_leaves_no_folder_behind(data_dir, tmp_path, capsys, refused):
+    logdir = tmp_path / "new" / "run"
+    argv = [arg.format(logdir=logdir) for arg in refused]
+    code, _, err = main(capsys, *flags(data_dir, logdir, "--epochs", "1", *argv))
+    assert code == 2 and len(error_lines(err)) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 # --resume: every flag given applied or refused, the epochs done respected
@@ -375,6 +420,7 @@ def test_a_logdir_without_room_for_the_checkpoints_is_refused_before_training(
         assert line.startswith(f"error: --logdir {disk / 'run'}: ")
         assert " MiB free, and the run's checkpoints need about " in line
         assert "compiling" not in out
+        assert list(disk.iterdir()) == []  # no lock, no event files: the run left nothing
 
 
 def test_a_disk_that_fills_during_the_run_keeps_the_last_checkpoint_and_no_debris(
