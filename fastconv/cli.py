@@ -268,8 +268,13 @@ def resumed(saved: TrainConfig, given: dict) -> TrainConfig:
         if name not in given or given[name] == getattr(saved, name):
             continue
         # A schedule runs to the last epoch: more epochs would change every rate after it.
-        scheduled = name == "epochs" and saved.schedule != "constant"
-        if not flag_of(field).resumable or scheduled:
+        if name == "epochs" and saved.schedule != "constant":
+            raise ConfigError(
+                f"--epochs {given[name]}: the run's --schedule {saved.schedule} ends at its last "
+                f"epoch, {saved.epochs}, so a resumed run keeps its epochs (start a new --logdir "
+                "to train longer)"
+            )
+        if not flag_of(field).resumable:
             raise ConfigError(
                 f"{name}={given[name]!r} differs from the resumed run's "
                 f"{name}={getattr(saved, name)!r}; a resumed run keeps its configuration "

@@ -303,13 +303,17 @@ class TrainConfig:
             raise ConfigError.invalid(
                 "shards", self.shards, f"must divide batch_size={self.batch_size}"
             )
+        recipes = self.warmup_epochs == RECIPES[self.recipe].get("warmup_epochs")  # not given
         if self.warmup_epochs and self.schedule == "constant":
-            raise ConfigError.invalid(
-                "warmup_epochs", self.warmup_epochs, "needs --schedule cosine or onecycle"
-            )
+            if recipes:  # the --schedule given beside the recipe is what clashes
+                sets = f"--recipe {self.recipe} sets --warmup-epochs {self.warmup_epochs}"
+                requirement = f"has no warm-up, and {sets}: give --warmup-epochs 0 with it"
+                raise ConfigError.invalid("schedule", self.schedule, requirement)
+            requirement = "needs --schedule cosine or onecycle"
+            raise ConfigError.invalid("warmup_epochs", self.warmup_epochs, requirement)
         if self.warmup_epochs >= self.epochs and self.schedule != "constant":
             requirement = f"must be less than epochs={self.epochs}"
-            if "warmup_epochs" in RECIPES[self.recipe]:
+            if recipes:
                 requirement += f" (--recipe {self.recipe} sets it: give a smaller --warmup-epochs)"
             raise ConfigError.invalid("warmup_epochs", self.warmup_epochs, requirement)
 
@@ -322,13 +326,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def require_batch_fits(self, train_size: int) -> None:
-        """A batch fits the training set (epochs drop their remainder: none would be left)."""
-        if self.batch_size > train_size:
-            raise ConfigError.invalid(
-                "batch_size", self.batch_size, f"is larger than the {train_size} training images"
-            )
 
 
 def flag_of(field: dataclasses.Field) -> Flag:

@@ -148,7 +148,7 @@ def training_order(
     Args:
       num_examples: training images to draw from.
       batch_size: static batch size; each epoch drops its remainder so shapes never change.
-        It fits the examples (`TrainConfig.require_batch_fits`).
+        It fits the examples (`fastconv.data.require_batch_fits`).
       seed: with the epoch number, fixes each epoch's order.
       start_step: the step the stream starts at, counted from the first step of epoch 0;
         a resumed run passes its step count and gets exactly the batches it had not seen.

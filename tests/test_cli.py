@@ -86,6 +86,11 @@ def test_defaults_are_the_books_run():
         (["--profile-steps", "5,2"], "argument --profile-steps: '5,2' needs 1 <= START <= STOP"),
         (["--log-every", "0"], "argument --log-every: '0' must be a positive number"),
         (["--resume"], "argument --resume: needs the --logdir of the run to continue"),
+        (  # the flag given is blamed, not the recipe's --warmup-epochs
+            ["--recipe", "fast", "--schedule", "constant"],
+            "argument --schedule: 'constant' has no warm-up, and --recipe fast sets "
+            "--warmup-epochs 2.0: give --warmup-epochs 0 with it",
+        ),
     ],
 )
 def test_bad_flags_are_argparse_errors(capsys, flags, message):
@@ -102,6 +107,14 @@ def test_batch_larger_than_training_set_is_an_argparse_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "argument --batch-size: 81 is larger than the 80 training images" in (
         capsys.readouterr().err
+    )
+    # A split that leaves less than the default batch is the split's flag's fault.
+    with pytest.raises(SystemExit):
+        cli.main(["--data-dir", str(folder), "--validation-fraction", "0.5"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith(
+        "error: argument --validation-fraction: 0.5 leaves 50 of the 100 training images, "
+        "fewer than a batch (--batch-size 128)"
     )
 
 

@@ -152,6 +152,17 @@ def test_resume_refuses_a_flag_that_changes_the_arithmetic_even_at_its_default(
     ]
 
 
+def test_resume_refuses_other_epochs_under_a_schedule_saying_why(tmp_path, capsys):
+    config = TrainConfig(epochs=6, schedule="onecycle", warmup_epochs=1.0)
+    rundir.write_json(tmp_path / rundir.CONFIG, config.to_dict())
+    code, _, err = main(capsys, "--logdir", str(tmp_path), "--resume", "--epochs", "8")
+    assert code == 2
+    assert error_lines(err) == [
+        "error: --epochs 8: the run's --schedule onecycle ends at its last epoch, 6, so a "
+        "resumed run keeps its epochs (start a new --logdir to train longer)"
+    ]
+
+
 def test_resume_at_or_below_the_epochs_done_says_so_and_changes_nothing(finished, tmp_path, capsys):
     run = copy_of(finished, tmp_path)
     before = snapshot(run)
