@@ -246,7 +246,9 @@ class TrainConfig:
         "GPUs with tensor cores, bfloat16 on CPUs with bfloat16 units",
         **_one_of(PRECISIONS),
     )
-    eval_batch_size: int = setting(256, "images per evaluation step", resumable=True, **POSITIVE)
+    eval_batch_size: int = setting(
+        256, "images per evaluation step (at most a set's images)", resumable=True, **POSITIVE
+    )
     device: str = setting(
         "auto",
         "auto (the first GPU, else the CPU), cpu, gpu or gpu:N; a GPU that is not there is "

@@ -202,8 +202,11 @@ class EvaluationSet(NamedTuple):
 def evaluation_set(
     images: np.ndarray, labels: np.ndarray, batch_size: int, standardize: Standardization
 ) -> EvaluationSet:
-    """Every image once, in order, in batches of `batch_size` (see `EvaluationSet`)."""
+    """Every image once, in order, in batches of `batch_size` (see `EvaluationSet`), or in
+    one batch when the set is smaller: padding past the set would be work and memory for
+    nothing (a batch of 10**8 images asked for is 300 GB of blanks)."""
     count = len(images)
+    batch_size = min(batch_size, count)
     batches = -(-count // batch_size)
     padding = [0, batches * batch_size - count]
     standardized = standardize(np.reshape(images, (count, IMAGE_SIZE, IMAGE_SIZE, 1)))

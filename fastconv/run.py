@@ -232,14 +232,14 @@ def _failures_in_one_line(folder: Path | None, requests: StopRequests):
     line that says what is kept; anything else as it is."""
     try:
         yield
-    except (OSError, tf.errors.OpError) as error:
+    except (OSError, MemoryError, tf.errors.OpError) as error:
         why = rundir.write_failure(error)
         if why and folder:
             where = getattr(error, "filename", None) or folder
             raise rundir.RunFolderError(f"cannot write {where} ({why}); {requests.kept}") from None
-        if isinstance(error, tf.errors.ResourceExhaustedError):
+        if isinstance(error, MemoryError | tf.errors.ResourceExhaustedError):
             raise ConfigError(
                 f"out of memory ({str(error).splitlines()[0][:200]}); lower --batch-size, "
-                f"--kernels or --units; {requests.kept}"
+                f"--eval-batch-size, --kernels or --units; {requests.kept}"
             ) from None
         raise

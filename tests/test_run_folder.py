@@ -544,6 +544,26 @@ def test_a_network_too_large_for_the_memory_is_one_line_exit_2(data_dir, tmp_pat
     assert " GiB available" in line and "compiling" not in out
 
 
+def test_an_evaluation_batch_larger_than_the_sets_evaluates_them_whole(data_dir, tmp_path, capsys):
+    argv = flags(data_dir, tmp_path / "run", "--epochs", "1", "--eval-batch-size", "100000000")
+    code, _, err = main(capsys, *argv)
+    assert (code, err) == (0, "")
+
+
+def test_memory_that_runs_out_is_one_line_exit_2(data_dir, tmp_path, capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 298. GiB for an array")
+
+    monkeypatch.setattr("fastconv.run.make_datasets", out_of_memory)
+    code, _, err = main(capsys, *flags(data_dir, tmp_path / "run", "--epochs", "1"))
+    assert code == 2
+    assert error_lines(err) == [
+        "error: out of memory (Unable to allocate 298. GiB for an array); lower --batch-size, "
+        "--eval-batch-size, --kernels or --units; no checkpoint had been saved"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_profile_window_past_the_runs_last_step_is_a_flag_error(data_dir, tmp_path, capsys):
     argv = flags(data_dir, tmp_path / "run", "--epochs", "2", "--profile-steps", "1,100000")
     with pytest.raises(SystemExit) as exit_info:
