@@ -74,11 +74,16 @@ def test_classifies_idx_npy_and_png_as_the_model_does(model_dir, fashion_mnist, 
         ("empty-ints.npy", np.zeros(0, np.int64), "holds no images"),
         ("broken.png", b"\x89PNG not really", "not a readable PNG image"),
         ("missing.idx", None, "file not found"),
+        ("flat.npy", np.zeros((5, 784), np.uint8), "images of shape (5, 784), expected (28, 28)"),
+        ("a-folder", "folder", "is a folder, not a file"),
+        ("anim.png", b"GIF89a\x1c\0", "not an IDX file, .npy array, PNG or JPEG image (it begins"),
     ],
 )
 def test_bad_input_is_one_line_naming_it(model_dir, tmp_path, name, content, problem):
     path = tmp_path / name
-    if isinstance(content, bytes):
+    if isinstance(content, str):  # a folder
+        path.mkdir()
+    elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None and name.endswith(".npy"):
         np.save(path, content)
@@ -89,6 +94,21 @@ def test_bad_input_is_one_line_naming_it(model_dir, tmp_path, name, content, pro
     errors = run.stderr.splitlines()  # the error alone: none of TensorFlow's C++ lines
     assert len(errors) == 1 and errors[0].startswith(f"error: {path}: {problem}"), run.stderr
     assert not run.stdout
+
+
+def test_a_jpeg_is_read_by_its_content_whatever_its_name(model_dir, fashion_mnist, tmp_path):
+    jpeg = tf.io.encode_jpeg(fashion_mnist.test_images[0][..., None], quality=100).numpy()
+    paths = [tmp_path / name for name in ("coat.jpg", "coat.png", "coat")]
+    for path in paths:
+        path.write_bytes(jpeg)
+    run = run_script("predict.py", str(model_dir), *map(str, paths))
+    assert run.returncode == 0, run.stderr
+    pixels = tf.io.decode_jpeg(jpeg, channels=1)[..., 0]
+    classify = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    expected = classify(images=pixels[None])["probabilities"].numpy()[0].argmax()
+    assert [(path, index, name) for path, index, name, _ in predictions(run.stdout)] == [
+        (str(path), 0, data.CLASS_NAMES[expected]) for path in paths
+    ]
 
 
 def test_a_folder_that_is_not_a_model_is_one_line(tmp_path, fashion_mnist):
