@@ -108,9 +108,12 @@ def train_and_evaluate(
             summaries = stack.enter_context(Summaries(folder))
             trainer.step_summaries = summaries.train
             rundir.write_json(folder / rundir.CONFIG, config.to_dict())
-            environment = {"device": placement.description, "precision": placement.precision}
-            environment["placement"] = placement.record()
-            rundir.write_json(folder / rundir.ENVIRONMENT, {**runtime.versions(), **environment})
+            if recorded is None:  # a resume keeps the record of how its run started
+                environment = {"device": placement.description, "precision": placement.precision}
+                environment["placement"] = placement.record()
+                rundir.write_json(
+                    folder / rundir.ENVIRONMENT, {**runtime.versions(), **environment}
+                )
 
         log(
             f"compiling ({'XLA' if config.xla else 'graph'}, {placement.precision}, "

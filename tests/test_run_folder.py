@@ -29,9 +29,9 @@ from folders import (
     snapshot,
     tmpfs,
 )
-from helpers import synthetic_dataset
+from helpers import run_script, synthetic_dataset
 
-from fastconv import checkpoints, cli, export, rundir, runtime
+from fastconv import checkpoints, cli, export, native, rundir, runtime
 from fastconv.checkpoints import NothingToResume
 from fastconv.config import TrainConfig
 from fastconv.run import train_and_evaluate
@@ -222,6 +222,22 @@ def test_a_resumed_run_computes_with_the_settings_the_run_recorded(finished, tmp
         assert f"{name} {other[name]}" in note and f"{name} {getattr(here, name)}" in note
     recorded = json.loads((run / rundir.ENVIRONMENT).read_text())["placement"]
     assert recorded == other  # still the run's own, for its next resume
+
+
+def test_a_resume_leaves_the_record_of_how_the_run_started(finished, tmp_path):
+    """A resume that cannot honour a recorded setting (the fused op turned off) computes
+    with this machine's choice, and leaves environment.json as it was: a later resume does
+    not take that choice for the run's own."""
+    run = copy_of(finished, tmp_path)
+    recorded = (run / rundir.ENVIRONMENT).read_text()
+    if json.loads(recorded)["placement"]["conv_form"] != "fused":
+        pytest.skip("the run did not start on the fused op: it is not built here")
+    env = {**os.environ, native.SWITCH: "0"}
+    resumed = run_script("train.py", "--logdir", str(run), "--resume", "--epochs", "3", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "warning: cannot resume with the run's " in resumed.stderr
+    assert "conv_form 'fused' (in " in resumed.stderr
+    assert (run / rundir.ENVIRONMENT).read_text() == recorded
 
 
 def test_settings_the_machine_cannot_honour_are_said_before_any_work(finished, tmp_path):
