@@ -34,9 +34,12 @@ from helpers import run_script, synthetic_dataset
 from fastconv import checkpoints, cli, export, native, rundir, runtime
 from fastconv.checkpoints import NothingToResume
 from fastconv.config import TrainConfig
+from fastconv.model import ConvNet
+from fastconv.pipeline import Standardization
 from fastconv.run import train_and_evaluate
 from fastconv.rundir import RunFolderError
 from fastconv.runtime import recorded_settings
+from fastconv.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -546,6 +549,17 @@ def test_an_export_replaces_only_an_earlier_export_of_the_same_run(tmp_path):
     # Another run may not overwrite it.
     with pytest.raises(RunFolderError, match="holds no earlier export of this run"):
         export.check_target(model, str(tmp_path / "another-run"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_an_export_folder_follows_the_umask_as_a_run_folder_does(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        model = export.export(Trainer(ConvNet(seed=0), 0.01), Standardization(), tmp_path / "m")
+    finally:
+        os.umask(previous)
+    assert model.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m"]  # nothing else left
 
 
 # The smaller items
