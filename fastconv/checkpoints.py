@@ -102,10 +102,16 @@ def _listed(directory: Path) -> tuple[list[int] | None, list[str]]:
     names; None when there is no readable index."""
     if not (directory / INDEX).exists():
         return None, []
+    # TensorFlow logs an unreadable index in two warnings, at each read; the run's note
+    # (`find_start`) says it once.
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")
     try:
         state = tf.train.get_checkpoint_state(str(directory))
     except Exception:  # a garbled text proto: the parser's own errors, of several kinds
         state = None
+    finally:
+        logger.setLevel(level)
     if state is None or not state.model_checkpoint_path:
         return None, []
     latest = _number(state.model_checkpoint_path)

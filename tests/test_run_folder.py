@@ -356,6 +356,16 @@ def test_a_lost_index_file_is_rebuilt_from_the_checkpoints_present(finished, tmp
     ]
 
 
+def test_a_garbled_index_is_one_note_and_nothing_on_stderr(finished, tmp_path):
+    """The resumed run says it once; TensorFlow's own warnings (and, with the import that
+    held a copy of stderr, 188 lines of "--- Logging error ---") are not shown."""
+    run = copy_of(finished, tmp_path)
+    (run / rundir.CHECKPOINTS / "checkpoint").write_text('model_checkpoint_path: "ckpt-100\n')
+    resumed = run_script("train.py", "--logdir", str(run), "--resume", "--epochs", "3")
+    assert (resumed.returncode, resumed.stderr) == (0, "")
+    assert resumed.stdout.count("is missing or unreadable; it will be rebuilt") == 1
+
+
 def test_no_intact_checkpoint_is_one_line_exit_2(finished, tmp_path, capsys):
     run = copy_of(finished, tmp_path)
     for number in (50, 100):
