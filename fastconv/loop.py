@@ -9,7 +9,6 @@ Elsewhere (CI logs, pipes) each epoch is one line, and blocks stay whole epochs.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 
@@ -26,7 +25,8 @@ from fastconv.trainer import Trainer
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss, or a weight, stopped being a finite number."""
+    """The training loss blew up or stopped being a finite number, or a weight did
+    (`fastconv.blocks.sound`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,15 +117,10 @@ class RunLoop:
             else:
                 block = self.trainer.train(iterator, tf.constant(num_steps)).fetch()
         seconds = time.perf_counter() - start
-        if not block.finite:
-            what = (
-                f"the loss became {block.loss}"
-                if not math.isfinite(block.loss)
-                else "a weight became non-finite"
-            )
+        if not block.sound:
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1} at step "
-                f"{step_in_epoch + block.steps} of {self.steps_per_epoch}: {what}; "
+                f"{step_in_epoch + block.steps} of {self.steps_per_epoch}: {block.trouble()}; "
                 f"{kept(self.checkpoint)}; lower --learning-rate "
                 f"(now {self.config.learning_rate})"
             )
