@@ -16,7 +16,7 @@ from fastconv.interruption import (
     OUTPUT_FAILED,
     Interrupted,
     error_line,
-    escaping_stdout,
+    escaping_output,
     output_failure,
     stop_at_once,
 )
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     141 the output's reader went away, 120 the output could not be written.
     """
     started_at = started_at if started_at is not None else time.perf_counter()
-    escaping_stdout()
+    escaping_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     resume, quiet = getattr(args, "resume", False), getattr(args, "quiet", False)

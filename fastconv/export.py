@@ -20,7 +20,7 @@ import tensorflow as tf
 from fastconv.data import CLASS_NAMES, IMAGE_SIZE
 from fastconv.model import IMAGE_SHAPE
 from fastconv.pipeline import Standardization
-from fastconv.rundir import RunFolderError, reason
+from fastconv.rundir import RunFolderError, reason, require_utf8
 from fastconv.runtime import stock_conv_form
 from fastconv.trainer import Trainer
 
@@ -107,6 +107,7 @@ def check_target(directory: str | Path, run: str | None) -> None:
     overwrite: a file, a folder holding anything but a previous export of the same `run`,
     or a place that cannot be written."""
     directory = Path(directory)
+    require_utf8("--export", directory)
     if directory.exists() and not directory.is_dir():
         raise RunFolderError(f"--export {directory}: is a file, not a folder")
     if run and directory.resolve() == Path(run):

@@ -51,12 +51,13 @@ def signal_name(number: int) -> str:
     return signal.Signals(number).name
 
 
-def escaping_stdout() -> None:
+def escaping_output() -> None:
     """Characters that stdout's encoding lacks (the book's Korean title on an ASCII terminal,
     a path's bytes that are not UTF-8) printed as escapes (`\\ub525`), as Python prints them
-    on stderr, instead of a UnicodeEncodeError."""
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(errors="backslashreplace")
+    on stderr, instead of a UnicodeEncodeError; on stderr too, where it is not Python's own."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def error_line(error) -> None:

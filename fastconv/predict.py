@@ -21,7 +21,7 @@ from fastconv.interruption import (
     OUTPUT_FAILED,
     READER_GONE,
     error_line,
-    escaping_stdout,
+    escaping_output,
     output_failure,
 )
 
@@ -124,7 +124,7 @@ def load_classifier(directory: str):
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 an input or model it cannot read, 141 the output's reader went
     away (quietly, as `yes | head -1`), 120 the output could not be written."""
-    escaping_stdout()
+    escaping_output()
     args = build_parser().parse_args(argv)
     if sys.stdout is None:  # started with its output closed (`>&-`)
         error_line("cannot write the output: stdout is closed")

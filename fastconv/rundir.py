@@ -88,6 +88,7 @@ def claimed(logdir: str | os.PathLike) -> Iterator[Path]:
     in the folder but the lock file, the lock file and the folders made go again.
     """
     folder = Path(logdir)
+    require_utf8("--logdir", folder)
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"--logdir {folder}: is a file, not a folder")
     made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
@@ -111,6 +112,17 @@ def claimed(logdir: str | os.PathLike) -> Iterator[Path]:
         for path in made:
             with contextlib.suppress(OSError):
                 path.rmdir()  # where empty
+
+
+def require_utf8(flag: str, folder: Path) -> None:
+    """Refuses a folder whose path is not UTF-8 (bytes a file system allows, which Python
+    holds as surrogates): TensorFlow takes file names as UTF-8 text only."""
+    try:
+        str(folder.absolute()).encode()
+    except UnicodeEncodeError:
+        raise RunFolderError(
+            f"{flag} {folder}: the name is not UTF-8, which TensorFlow needs; choose another"
+        ) from None
 
 
 def require_fresh(folder: Path) -> None:

@@ -441,6 +441,22 @@ def test_an_unusable_logdir_is_one_line_exit_2_before_any_work(
     assert "compiling" not in out
 
 
+@pytest.mark.parametrize("flag", ["--logdir", "--export"])
+def test_a_folder_whose_name_is_not_utf8_is_one_line_exit_2(data_dir, tmp_path, capsys, flag):
+    """Bytes a file system allows (here as Python's surrogate), which TensorFlow cannot take."""
+    named = tmp_path / "run-\udcff"
+    logdir, export_dir = (named, tmp_path / "model") if flag == "--logdir" else (tmp_path, named)
+    code, _, err = main(
+        capsys, *flags(data_dir, logdir, "--epochs", "1", "--export", str(export_dir))
+    )
+    assert code == 2
+    shown = str(named).encode("utf-8", "backslashreplace").decode()  # as stderr escapes it
+    assert error_lines(err) == [
+        f"error: {flag} {shown}: the name is not UTF-8, which TensorFlow needs; choose another"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_read_only_logdir_is_one_line_exit_2(data_dir, tmp_path, capsys):
     with read_only_folder(tmp_path / "read-only") as folder:
         code, _, err = main(capsys, *flags(data_dir, folder / "run", "--epochs", "1"))
