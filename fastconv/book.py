@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from fastconv import pipeline, runtime
+from fastconv import data, pipeline, runtime
 from fastconv.config import TrainConfig
 from fastconv.data import IMAGE_SIZE
 from fastconv.trainer import make_trainer
@@ -60,7 +60,7 @@ class ConvolutionNetwork:
             seed=seed,
             xla=self.xla,
         )
-        config.require_batch_fits(len(images))
+        data.require_batch_fits(config, len(images))
         self.trainer = make_trainer(config, runtime.place(config))
         self.model = self.trainer.model
         batches = iter(

@@ -102,10 +102,16 @@ def _listed(directory: Path) -> tuple[list[int] | None, list[str]]:
     names; None when there is no readable index."""
     if not (directory / INDEX).exists():
         return None, []
+    # TensorFlow logs an unreadable index in two warnings, at each read; the run's note
+    # (`find_start`) says it once.
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")
     try:
         state = tf.train.get_checkpoint_state(str(directory))
     except Exception:  # a garbled text proto: the parser's own errors, of several kinds
         state = None
+    finally:
+        logger.setLevel(level)
     if state is None or not state.model_checkpoint_path:
         return None, []
     latest = _number(state.model_checkpoint_path)
@@ -191,7 +197,8 @@ def starting_point(
 ) -> Start | None:
     """The checkpoint the run continues from, or None for a new run.
 
-    Raises ConfigError for a new run over a folder that holds checkpoints, NothingToResume
+    Raises ConfigError for a new run over a folder that holds checkpoints, or anything but
+    an empty run folder's lock (`fastconv.rundir.require_fresh`), NothingToResume
     without an intact checkpoint to resume from, ConfigError for `--epochs` below what the
     run has trained, and NothingToDo when the run has trained and reported all its epochs
     (unless it is to be exported).
@@ -203,6 +210,8 @@ def starting_point(
                 f"{folder} already holds a run's checkpoints: continue it with --resume, "
                 "or choose another --logdir"
             )
+        if folder:
+            rundir.require_fresh(folder)
         return None
     if directory is None:
         raise NothingToResume("resuming needs the run folder (--logdir) of the run to continue")

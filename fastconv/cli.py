@@ -12,7 +12,14 @@ from pathlib import Path
 from fastconv import data, faults, rundir
 from fastconv.config import ConfigError, TrainConfig, flag_name, flag_of
 from fastconv.importing import import_tensorflow
-from fastconv.interruption import Interrupted, stop_at_once
+from fastconv.interruption import (
+    OUTPUT_FAILED,
+    Interrupted,
+    error_line,
+    escaping_output,
+    output_failure,
+    stop_at_once,
+)
 
 # Flags of the command, not of the run's configuration.
 COMMAND_FLAGS = ("resume", "quiet")
@@ -102,14 +109,19 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
     """Runs the CLI; returns the process exit code. `started_at` is the process's start.
 
     Exit codes: 0 done (or nothing to do), 2 a bad flag, data file, configuration or run
-    folder, 1 the training diverged, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
+    folder, 1 the training diverged, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM),
+    141 the output's reader went away, 120 the output could not be written.
     """
     started_at = started_at if started_at is not None else time.perf_counter()
+    escaping_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     resume, quiet = getattr(args, "resume", False), getattr(args, "quiet", False)
     if resume and not getattr(args, "logdir", None):
         parser.error("argument --resume: needs the --logdir of the run to continue")
+    if sys.stdout is None:  # started with its output closed (`>&-`)
+        error_line("cannot write the output: stdout is closed; nothing was started")
+        return OUTPUT_FAILED
 
     def log(line: str) -> None:
         if line.startswith("warning:"):  # also under --quiet, with the errors
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
         with stop_at_once("during start-up"):
             result = _train_from_flags(parser, args, resume, log)
     except Interrupted as error:
-        print(f"error: {error}", file=sys.stderr)
+        error_line(error)
         return error.exit_code
     if isinstance(result, int):
         return result
@@ -134,14 +146,24 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
             f"training {result.train_seconds_here:.1f} s here, {result.train_seconds:.1f} s in "
             "the whole run"
         )
-    print(
+    return say(
         f"validation accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}) | "
-        f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})"
-    )
-    print(
+        f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})\n"
         f"compile {result.compile_seconds:.1f} s | {training} | "
-        f"total wall time {total_seconds:.1f} s | run folder {result.config.logdir}"
+        f"total wall time {total_seconds:.1f} s | run folder {result.config.logdir}",
+        f"the run is done; its results are in {result.config.logdir}",
     )
+
+
+def say(text: str, otherwise: str) -> int:
+    """Prints `text` to stdout now: 0, or where it cannot be written, the exit code of that,
+    with a line on stderr that ends with `otherwise` (what is true all the same)."""
+    try:
+        print(text, flush=True)
+    except OSError as error:
+        exit_code, cause = output_failure(error)
+        error_line(f"{cause}; {otherwise}")
+        return exit_code
     return 0
 
 
@@ -158,10 +180,10 @@ def _train_from_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
     except ConfigError as error:
         if error.field and not resume:  # a flag's value that the run cannot take
             parser.error(f"argument {flag_name(error.field)}: {error.value!r} {error.requirement}")
-        print(f"error: {error}", file=sys.stderr)
+        error_line(error)
         return 2
     except data.DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+        error_line(error)
         return 2
 
     faults.reached("import")
@@ -171,19 +193,23 @@ def _train_from_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
     from fastconv.loop import TrainingDiverged
     from fastconv.run import train_and_evaluate
 
-    log(" | ".join(f"{name} {version}" for name, version in runtime.versions().items()))
-    log("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
+    try:
+        log(" | ".join(f"{name} {version}" for name, version in runtime.versions().items()))
+        log("config: " + " ".join(f"{key}={value}" for key, value in config.to_dict().items()))
+    except OSError as error:
+        exit_code, cause = output_failure(error)
+        stopped = f"{cause}: stopped during start-up; nothing was saved"
+        raise Interrupted(exit_code, stopped) from None
     live = sys.stdout.isatty() and not getattr(args, "quiet", False)
     try:
         return train_and_evaluate(config, split, log=log, resume=resume, live_progress=live)
     except NothingToDo as done:
-        print(done)
-        return 0
+        return say(str(done), "nothing was changed")
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        error_line(error)
         return 2
     except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
+        error_line(error)
         return 1
 
 
@@ -242,8 +268,13 @@ def resumed(saved: TrainConfig, given: dict) -> TrainConfig:
         if name not in given or given[name] == getattr(saved, name):
             continue
         # A schedule runs to the last epoch: more epochs would change every rate after it.
-        scheduled = name == "epochs" and saved.schedule != "constant"
-        if not flag_of(field).resumable or scheduled:
+        if name == "epochs" and saved.schedule != "constant":
+            raise ConfigError(
+                f"--epochs {given[name]}: the run's --schedule {saved.schedule} ends at its last "
+                f"epoch, {saved.epochs}, so a resumed run keeps its epochs (start a new --logdir "
+                "to train longer)"
+            )
+        if not flag_of(field).resumable:
             raise ConfigError(
                 f"{name}={given[name]!r} differs from the resumed run's "
                 f"{name}={getattr(saved, name)!r}; a resumed run keeps its configuration "

@@ -246,7 +246,9 @@ class TrainConfig:
         "GPUs with tensor cores, bfloat16 on CPUs with bfloat16 units",
         **_one_of(PRECISIONS),
     )
-    eval_batch_size: int = setting(256, "images per evaluation step", resumable=True, **POSITIVE)
+    eval_batch_size: int = setting(
+        256, "images per evaluation step (at most a set's images)", resumable=True, **POSITIVE
+    )
     device: str = setting(
         "auto",
         "auto (the first GPU, else the CPU), cpu, gpu or gpu:N; a GPU that is not there is "
@@ -303,13 +305,17 @@ class TrainConfig:
             raise ConfigError.invalid(
                 "shards", self.shards, f"must divide batch_size={self.batch_size}"
             )
+        recipes = self.warmup_epochs == RECIPES[self.recipe].get("warmup_epochs")  # not given
         if self.warmup_epochs and self.schedule == "constant":
-            raise ConfigError.invalid(
-                "warmup_epochs", self.warmup_epochs, "needs --schedule cosine or onecycle"
-            )
+            if recipes:  # the --schedule given beside the recipe is what clashes
+                sets = f"--recipe {self.recipe} sets --warmup-epochs {self.warmup_epochs}"
+                requirement = f"has no warm-up, and {sets}: give --warmup-epochs 0 with it"
+                raise ConfigError.invalid("schedule", self.schedule, requirement)
+            requirement = "needs --schedule cosine or onecycle"
+            raise ConfigError.invalid("warmup_epochs", self.warmup_epochs, requirement)
         if self.warmup_epochs >= self.epochs and self.schedule != "constant":
             requirement = f"must be less than epochs={self.epochs}"
-            if "warmup_epochs" in RECIPES[self.recipe]:
+            if recipes:
                 requirement += f" (--recipe {self.recipe} sets it: give a smaller --warmup-epochs)"
             raise ConfigError.invalid("warmup_epochs", self.warmup_epochs, requirement)
 
@@ -322,13 +328,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def require_batch_fits(self, train_size: int) -> None:
-        """A batch fits the training set (epochs drop their remainder: none would be left)."""
-        if self.batch_size > train_size:
-            raise ConfigError.invalid(
-                "batch_size", self.batch_size, f"is larger than the {train_size} training images"
-            )
 
 
 def flag_of(field: dataclasses.Field) -> Flag:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from isal import igzip, isal_zlib  # ISA-L's gzip: the 26 MB of images in half zlib's time
 
-from fastconv.config import TrainConfig
+from fastconv.config import RECIPES, ConfigError, TrainConfig
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -257,7 +257,7 @@ def book_split(dataset: FashionMNIST, config: TrainConfig) -> BookSplit:
             f"{len(dataset.train_images)} training images but {len(dataset.train_labels)} labels"
         )
     split = stratified_split(dataset.train_labels, config.validation_fraction, config.seed)
-    config.require_batch_fits(len(split.train))
+    require_batch_fits(config, len(split.train), len(dataset.train_images))
     return BookSplit(
         dataset.train_images[split.train],
         dataset.train_labels[split.train],
@@ -267,4 +267,24 @@ def book_split(dataset: FashionMNIST, config: TrainConfig) -> BookSplit:
         dataset.test_labels,
         dataset.source,
         steps_per_epoch=len(split.train) // config.batch_size,
+    )
+
+
+def require_batch_fits(config: TrainConfig, train_size: int, total: int | None = None) -> None:
+    """A batch fits the training images (epochs drop their remainder: none would be left).
+
+    With `total`, the images the split held `train_size` of, a batch of the recipe's size
+    is the split's fault: the refusal names --validation-fraction, not a flag not given.
+    """
+    if config.batch_size <= train_size:
+        return
+    recipes = RECIPES[config.recipe].get("batch_size", TrainConfig.batch_size)
+    if total is None or config.batch_size != recipes:
+        requirement = f"is larger than the {train_size} training images"
+        raise ConfigError.invalid("batch_size", config.batch_size, requirement)
+    raise ConfigError.invalid(
+        "validation_fraction",
+        config.validation_fraction,
+        f"leaves {train_size} of the {total} training images, fewer than a batch "
+        f"(--batch-size {config.batch_size})",
     )

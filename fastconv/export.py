@@ -20,7 +20,7 @@ import tensorflow as tf
 from fastconv.data import CLASS_NAMES, IMAGE_SIZE
 from fastconv.model import IMAGE_SHAPE
 from fastconv.pipeline import Standardization
-from fastconv.rundir import RunFolderError, reason
+from fastconv.rundir import RunFolderError, reason, require_utf8
 from fastconv.runtime import stock_conv_form
 from fastconv.trainer import Trainer
 
@@ -78,26 +78,27 @@ def export(
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    # A private folder of a unique name beside it holds the model as it is written; the
+    # model's own folder is made in it, so its mode follows the umask, as run folders do
+    # (mkdtemp's are 0700 whatever the umask).
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    partial = staging / directory.name
     try:
+        partial.mkdir()
         classifier = Classifier(trainer, standardize)
         tf.saved_model.save(classifier, str(partial), signatures={SIGNATURE: classifier.classify})
         (partial / RECORD).write_text(json.dumps({"run": run}) + "\n")
         if before_commit:
             before_commit()
         if directory.exists():  # empty, or this run's previous export (check_target)
-            old = partial.with_name(partial.name.replace(".partial-", ".old-"))
-            os.replace(directory, old)
-            os.replace(partial, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(partial, directory)
+            os.replace(directory, staging / "old")
+        os.replace(partial, directory)
     except (OSError, tf.errors.OpError) as error:
         raise RunFolderError(
             f"--export {directory}: cannot write there ({reason(error)})"
         ) from None
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
@@ -106,8 +107,11 @@ def check_target(directory: str | Path, run: str | None) -> None:
     overwrite: a file, a folder holding anything but a previous export of the same `run`,
     or a place that cannot be written."""
     directory = Path(directory)
+    require_utf8("--export", directory)
     if directory.exists() and not directory.is_dir():
         raise RunFolderError(f"--export {directory}: is a file, not a folder")
+    if run and directory.resolve() == Path(run):
+        raise RunFolderError(f"--export {directory}: is the run folder (--logdir); choose another")
     if directory.is_dir() and any(directory.iterdir()):
         try:
             exported_by = json.loads((directory / RECORD).read_text())["run"]

@@ -10,34 +10,67 @@ block, where no Python handler runs until the block returns. The C-level handler
 writes each signal's number to a wakeup pipe (`signal.set_wakeup_fd`), and a watcher
 thread reading it ends the process at once on the second one (`os._exit`, as a `kill -9`
 would, which the checkpoints survive).
+
+Output that cannot be written is a stop request too. A reader that went away (`| head`) ends
+a Unix tool (SIGPIPE, which Python ignores, leaves the write failing with EPIPE): the run
+stops at its next answering point, having saved what it has, with the shell's code for it,
+141. A full or broken output ends it the same way with 120, Python's own code for output it
+could not write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
+
+# The exit codes of output that cannot be written: its reader went away (128 + SIGPIPE, as
+# the shell reports a writer killed by SIGPIPE), or a write failed otherwise (Python's).
+READER_GONE = 128 + signal.SIGPIPE
+OUTPUT_FAILED = 120
 
 
 class Interrupted(BaseException):
-    """The run stopped on a signal; the message says where, and what was saved.
+    """The run stopped on a signal, or on output it could not write; the message says where,
+    and what was saved. `exit_code`: 128 + the signal's number, READER_GONE or OUTPUT_FAILED.
 
     A BaseException, as KeyboardInterrupt is: no `except Exception` on the way may swallow it.
     """
 
-    def __init__(self, signal_number: int, message: str):
+    def __init__(self, exit_code: int, message: str):
         super().__init__(message)
-        self.signal_number = signal_number
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention for a process ended by a signal: 128 + its number."""
-        return 128 + self.signal_number
+        self.exit_code = exit_code
 
 
 def signal_name(number: int) -> str:
     return signal.Signals(number).name
+
+
+def escaping_output() -> None:
+    """Characters that stdout's encoding lacks (the book's Korean title on an ASCII terminal,
+    a path's bytes that are not UTF-8) printed as escapes (`\\ub525`), as Python prints them
+    on stderr, instead of a UnicodeEncodeError; on stderr too, where it is not Python's own."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def error_line(error) -> None:
+    """An error's one line on stderr, where stderr can take it."""
+    with contextlib.suppress(OSError):
+        print(f"error: {error}", file=sys.stderr, flush=True)
+
+
+def output_failure(error: OSError) -> tuple[int, str]:
+    """The exit code and the words for a failure to write the command's output."""
+    if error.errno == errno.EPIPE:
+        return READER_GONE, "the output's reader went away"
+    return OUTPUT_FAILED, f"cannot write the output ({error.strerror or error})"
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -50,7 +83,7 @@ def stop_at_once(where: str):
 
     def interrupt(number, frame):
         raise Interrupted(
-            number, f"interrupted by {signal_name(number)} {where}; nothing was saved"
+            128 + number, f"interrupted by {signal_name(number)} {where}; nothing was saved"
         )
 
     with _handlers(dict.fromkeys(STOP_SIGNALS, interrupt)):
@@ -77,13 +110,14 @@ class StopRequests:
     at once with 128 + its number, keeping the last checkpoint saved.
 
     `kept` says what a stop keeps; the run updates it as it saves checkpoints. Outside the
-    main thread, where Python cannot install handlers, it does nothing.
+    main thread, where Python cannot install handlers, the signals are not answered.
+    `stop`: the exit code and the cause of the first stop asked for, or None.
     """
 
     SAVE_SIGNAL = getattr(signal, "SIGUSR1", None)  # not on Windows
 
     def __init__(self, kept: str = "no checkpoint was saved"):
-        self.stop_signal: int | None = None
+        self.stop: tuple[int, str] | None = None
         self.save_requested = False
         self.kept = kept
         self._stack = contextlib.ExitStack()
@@ -102,13 +136,31 @@ class StopRequests:
 
     def check(self, where: str) -> None:
         """Answers a stop request: raises Interrupted saying `where` and what is kept."""
-        if self.stop_signal is not None:
-            name = signal_name(self.stop_signal)
-            raise Interrupted(self.stop_signal, f"interrupted by {name} {where}; {self.kept}")
+        if self.stop is not None:
+            exit_code, cause = self.stop
+            raise Interrupted(exit_code, f"{cause} {where}; {self.kept}")
+
+    def guarded(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """`log`, with a line it cannot write (an OSError) turned into a stop request; the
+        lines after it are dropped."""
+        failed = False
+
+        def guarded_log(line: str) -> None:
+            nonlocal failed
+            if failed:
+                return
+            try:
+                log(line)
+            except OSError as error:
+                failed = True
+                exit_code, cause = output_failure(error)
+                self.stop = self.stop or (exit_code, f"{cause}: stopped")
+
+        return guarded_log
 
     def _on_stop(self, number, frame) -> None:
-        if self.stop_signal is None:
-            self.stop_signal = number
+        if self.stop is None:
+            self.stop = (128 + number, f"interrupted by {signal_name(number)}")
 
     def _on_save(self, number, frame) -> None:
         self.save_requested = True

@@ -9,7 +9,6 @@ Elsewhere (CI logs, pipes) each epoch is one line, and blocks stay whole epochs.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 
@@ -19,14 +18,15 @@ import tensorflow as tf
 from fastconv import faults
 from fastconv.checkpoints import Checkpoints, kept, resume_hint
 from fastconv.config import TrainConfig
-from fastconv.interruption import Interrupted, StopRequests, signal_name
+from fastconv.interruption import Interrupted, StopRequests
 from fastconv.pipeline import Datasets
 from fastconv.summaries import Profiler, Summaries
 from fastconv.trainer import Trainer
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss, or a weight, stopped being a finite number."""
+    """The training loss blew up or stopped being a finite number, or a weight did
+    (`fastconv.blocks.sound`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,15 +117,10 @@ class RunLoop:
             else:
                 block = self.trainer.train(iterator, tf.constant(num_steps)).fetch()
         seconds = time.perf_counter() - start
-        if not block.finite:
-            what = (
-                f"the loss became {block.loss}"
-                if not math.isfinite(block.loss)
-                else "a weight became non-finite"
-            )
+        if not block.sound:
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1} at step "
-                f"{step_in_epoch + block.steps} of {self.steps_per_epoch}: {what}; "
+                f"{step_in_epoch + block.steps} of {self.steps_per_epoch}: {block.trouble()}; "
                 f"{kept(self.checkpoint)}; lower --learning-rate "
                 f"(now {self.config.learning_rate})"
             )
@@ -185,28 +180,25 @@ class RunLoop:
             self.save()
             self.log(f"saved {self.checkpoint} (SIGUSR1)")
         requests.save_requested = False
-        if requests.stop_signal is None:
+        if requests.stop is None:
             return
         if not self.saved:
             self.save()
-        message = _interrupted_message(
-            requests.stop_signal, self.trainer.steps_done, self.steps_per_epoch
-        )
+        exit_code, cause = requests.stop
+        message = f"{cause} {_position(self.trainer.steps_done, self.steps_per_epoch)}"
         if self.checkpoint:
             message += f"; saved {self.checkpoint}; {resume_hint(self.config.logdir)}"
         else:
             message += "; no --logdir, so nothing was saved"
-        raise Interrupted(requests.stop_signal, message)
+        raise Interrupted(exit_code, message)
 
 
-def _interrupted_message(signal_number: int, step: int, steps_per_epoch: int) -> str:
+def _position(step: int, steps_per_epoch: int) -> str:
+    """Where a run stopped: "after epoch 2", "in epoch 3 after step 14 of 50"."""
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
-    where = (
-        f"after epoch {epoch}"
-        if step_in_epoch == 0
-        else f"in epoch {epoch + 1} after step {step_in_epoch} of {steps_per_epoch}"
-    )
-    return f"interrupted by {signal_name(signal_number)} {where}"
+    if step_in_epoch == 0:
+        return f"after epoch {epoch}"
+    return f"in epoch {epoch + 1} after step {step_in_epoch} of {steps_per_epoch}"
 
 
 UPDATES_PER_EPOCH = 20

@@ -148,7 +148,7 @@ def training_order(
     Args:
       num_examples: training images to draw from.
       batch_size: static batch size; each epoch drops its remainder so shapes never change.
-        It fits the examples (`TrainConfig.require_batch_fits`).
+        It fits the examples (`fastconv.data.require_batch_fits`).
       seed: with the epoch number, fixes each epoch's order.
       start_step: the step the stream starts at, counted from the first step of epoch 0;
         a resumed run passes its step count and gets exactly the batches it had not seen.
@@ -202,8 +202,11 @@ class EvaluationSet(NamedTuple):
 def evaluation_set(
     images: np.ndarray, labels: np.ndarray, batch_size: int, standardize: Standardization
 ) -> EvaluationSet:
-    """Every image once, in order, in batches of `batch_size` (see `EvaluationSet`)."""
+    """Every image once, in order, in batches of `batch_size` (see `EvaluationSet`), or in
+    one batch when the set is smaller: padding past the set would be work and memory for
+    nothing (a batch of 10**8 images asked for is 300 GB of blanks)."""
     count = len(images)
+    batch_size = min(batch_size, count)
     batches = -(-count // batch_size)
     padding = [0, batches * batch_size - count]
     standardized = standardize(np.reshape(images, (count, IMAGE_SIZE, IMAGE_SIZE, 1)))

@@ -48,7 +48,8 @@ def train_and_evaluate(
     The run holds its folder locked for its whole life. What it cannot do (a folder in use
     or unwritable, nothing intact to resume, fewer epochs than done, an export folder it
     must not overwrite) it refuses before writing anything, with a ConfigError. SIGINT and
-    SIGTERM are answered in every phase with `fastconv.interruption.Interrupted`.
+    SIGTERM, and a line `log` cannot write, are answered in every phase with
+    `fastconv.interruption.Interrupted`.
     """
     config = per_worker(config)
     if not isinstance(dataset, data.BookSplit):
@@ -59,6 +60,7 @@ def train_and_evaluate(
         folder = stack.enter_context(rundir.claimed(config.logdir)) if config.logdir else None
         nothing = kept(None) if folder else "no --logdir, so nothing was saved"
         requests = stack.enter_context(StopRequests(nothing))
+        log = requests.guarded(log)  # output that cannot be written stops the run, saved
         faults.reached("start-up")
         start = starting_point(config, folder, steps_per_epoch, resume)
         if config.export_dir:
@@ -90,26 +92,28 @@ def train_and_evaluate(
         )
         if start:  # every refusal is behind us: the first change to the folder
             checkpoints.discard_uncommitted(folder / rundir.CHECKPOINTS, start)
-        summaries = stack.enter_context(Summaries(folder)) if folder else None
         trainer = make_trainer(
-            config,
-            placement,
-            datasets.make_batch,
-            summaries.train if summaries else None,
-            steps_per_epoch=steps_per_epoch,
+            config, placement, datasets.make_batch, steps_per_epoch=steps_per_epoch
         )
         saved = Checkpoints(folder / rundir.CHECKPOINTS, trainer) if folder else None
-        state = LoopState()
+        state, summaries = LoopState(), None
         if start:
             state = LoopState.from_json(saved.restore(start))
             log(f"resumed from {start.path} (step {trainer.steps_done})")
             requests.kept = kept(start.path, config.logdir)
         if folder:
             rundir.require_space(folder, saved.bytes_needed())
+            # The event files come after the last refusal; the compiled loop writes the step
+            # loss to its writer, which the first trace (compiling, below) builds in.
+            summaries = stack.enter_context(Summaries(folder))
+            trainer.step_summaries = summaries.train
             rundir.write_json(folder / rundir.CONFIG, config.to_dict())
-            environment = {"device": placement.description, "precision": placement.precision}
-            environment["placement"] = placement.record()
-            rundir.write_json(folder / rundir.ENVIRONMENT, {**runtime.versions(), **environment})
+            if recorded is None:  # a resume keeps the record of how its run started
+                environment = {"device": placement.description, "precision": placement.precision}
+                environment["placement"] = placement.record()
+                rundir.write_json(
+                    folder / rundir.ENVIRONMENT, {**runtime.versions(), **environment}
+                )
 
         log(
             f"compiling ({'XLA' if config.xla else 'graph'}, {placement.precision}, "
@@ -212,14 +216,14 @@ def _failures_in_one_line(folder: Path | None, requests: StopRequests):
     line that says what is kept; anything else as it is."""
     try:
         yield
-    except (OSError, tf.errors.OpError) as error:
+    except (OSError, MemoryError, tf.errors.OpError) as error:
         why = rundir.write_failure(error)
         if why and folder:
             where = getattr(error, "filename", None) or folder
             raise rundir.RunFolderError(f"cannot write {where} ({why}); {requests.kept}") from None
-        if isinstance(error, tf.errors.ResourceExhaustedError):
+        if isinstance(error, MemoryError | tf.errors.ResourceExhaustedError):
             raise ConfigError(
                 f"out of memory ({str(error).splitlines()[0][:200]}); lower --batch-size, "
-                f"--kernels or --units; {requests.kept}"
+                f"--eval-batch-size, --kernels or --units; {requests.kept}"
             ) from None
         raise

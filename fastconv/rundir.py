@@ -17,7 +17,11 @@ One run per run folder: an advisory lock (`flock` on run.lock) is held for the r
 life, taken before the run writes anything there. The kernel drops it when the process ends,
 however it ends (`kill -9` included), so a killed run leaves no stale lock behind. The file
 itself stays, empty: taking the lock writes nothing, so a resume refused after taking it
-leaves the folder exactly as it was.
+leaves the folder exactly as it was. A run that ends having written nothing else (a refused
+one) removes the lock file and the folders it made, so it leaves no trace either.
+
+A new run takes an empty or new folder only (`require_fresh`): one that holds another run,
+or files of the user's, is refused before the run writes anything there.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from fastconv.config import ConfigError
+from fastconv.config import ConfigError, TrainConfig
 
 RUNS = Path("runs")
 CONFIG = "config.json"
@@ -41,6 +46,7 @@ METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 PARTIAL = ".partial"
 LOCK = "run.lock"
+WORKER = re.compile(r"worker-\d+")  # the folders of a multi-worker run's other workers
 
 # The errors of a file that cannot be written where it should: the folder is missing, not a
 # folder, read-only, not ours, or full.
@@ -78,22 +84,70 @@ def claimed(logdir: str | os.PathLike) -> Iterator[Path]:
 
     The lock comes before anything else is written: a second run on the folder is refused
     (`FolderInUse`) and leaves it as it was. A folder that cannot be made or
-    written is a RunFolderError, before any work.
+    written is a RunFolderError, before any work. When the block ends with nothing written
+    in the folder but the lock file, the lock file and the folders made go again.
     """
     folder = Path(logdir)
+    require_utf8("--logdir", folder)
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"--logdir {folder}: is a file, not a folder")
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    found = {path.name for path in folder.iterdir()} if not made else set()
+    lock = RunLock(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(folder).acquire()
-    except OSError as error:
-        raise RunFolderError(f"--logdir {folder}: cannot write there ({reason(error)})") from None
-    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as error:
+            why = reason(error)
+            raise RunFolderError(f"--logdir {folder}: cannot write there ({why})") from None
         for partial in folder.glob("*" + PARTIAL):  # a run killed inside write_json
             partial.unlink()
         yield folder
     finally:
+        with contextlib.suppress(OSError):
+            if LOCK not in found and {path.name for path in folder.iterdir()} == found | {LOCK}:
+                (folder / LOCK).unlink()  # still held: no other run can be in the folder
         lock.release()
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # where empty
+
+
+def require_utf8(flag: str, folder: Path) -> None:
+    """Refuses a folder whose path is not UTF-8 (bytes a file system allows, which Python
+    holds as surrogates): TensorFlow takes file names as UTF-8 text only."""
+    try:
+        str(folder.absolute()).encode()
+    except UnicodeEncodeError:
+        raise RunFolderError(
+            f"{flag} {folder}: the name is not UTF-8, which TensorFlow needs; choose another"
+        ) from None
+
+
+def require_fresh(folder: Path) -> None:
+    """Refuses, for a new run, a folder that holds anything but its lock and its workers'
+    folders: another run (one without checkpoints: `fastconv.checkpoints` names those), or
+    files of the user's, which the run would overwrite."""
+    held = sorted(
+        path.name
+        for path in folder.iterdir()
+        if path.name != LOCK and not WORKER.fullmatch(path.name)
+    )
+    if not held:
+        return
+    try:
+        TrainConfig(**read_json(folder / CONFIG))
+    except (OSError, ValueError, TypeError):  # no fastconv configuration: not a run folder
+        names = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise RunFolderError(
+            f"--logdir {folder}: the folder is not empty and is not a fastconv run folder (it "
+            f"holds {names}); choose an empty or new folder"
+        ) from None
+    raise RunFolderError(
+        f"--logdir {folder}: holds another run (its {CONFIG}); a new run needs an empty or new "
+        "folder: choose another --logdir"
+    )
 
 
 def write_json(path: Path, value) -> None:

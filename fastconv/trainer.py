@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
-from fastconv.blocks import Block, Evaluation
+from fastconv.blocks import Block, Evaluation, sound
 from fastconv.model import CONV_FORMS, IMAGE_SHAPE, ConvNet, cross_entropy
 from fastconv.optimizers import make_optimizer, weight_averages
 from fastconv.pipeline import EVALUATION_SET_SPEC, EvaluationSet
@@ -135,8 +135,7 @@ class Trainer:
             self.recording.assign(True)
 
     @property
-    def steps_done(self) -> int:
-        """The step counter, read on the host (also when it is mirrored across replicas)."""
+    def steps_done(self) -> int:  # the step counter on the host (mirrored or not)
         return int(self.step.numpy())
 
     def learning_rate(self) -> float:
@@ -211,7 +210,8 @@ class Trainer:
         return list(zip(tf.split(images, self.shards), tf.split(targets, self.shards)))
 
     def train(self, iterator, num_steps):
-        """Runs `num_steps` training steps, or fewer if one leaves the loss or a weight non-finite.
+        """Runs `num_steps` training steps, or fewer if one leaves the run unsound: a loss
+        blown up or non-finite, or a weight non-finite (`fastconv.blocks.sound`).
 
         Each step is checked as it ends and the loop stops at the first bad one: the host
         learns the exact step of a divergence from the read that fetches the loss.
@@ -220,15 +220,15 @@ class Trainer:
         runs: the batch is a loop variable, and the body pulls the next one (from the
         iterator, gathered when the images are resident) beside the step's own work, off
         the critical path (bench/RESULTS.md). A block pulls the batches of its own steps
-        only, so the next block starts where it ended; one that a non-finite step stopped
+        only, so the next block starts where it ended; one that an unsound step stopped
         before its last has pulled the batch after that step too. `num_steps` must be at
         least 1 (an InvalidArgumentError otherwise, with nothing pulled).
         """
 
-        def go_on(steps, loss_sum, correct, finite, batch):
-            return (steps < num_steps) & finite
+        def go_on(steps, loss_sum, correct, ok, last_loss, batch):
+            return (steps < num_steps) & ok
 
-        def step(steps, loss_sum, correct, finite, batch):
+        def step(steps, loss_sum, correct, ok, last_loss, batch):
             # The step's number as the next batch's (augmentation's key): read before this
             # step counts itself, in program order, as the auto control dependencies keep it.
             following_step = self.step + 1
@@ -237,23 +237,25 @@ class Trainer:
                 lambda: self._next_batch(iterator, following_step),
                 lambda: batch,
             )
-            loss, batch_correct, finite = self._step_on_batch(*batch)
-            loss_sum += tf.cast(loss, tf.float64)
-            return steps + 1, loss_sum, correct + batch_correct, finite, following
+            loss, batch_correct, ok = self._step_on_batch(*batch)
+            loss = tf.cast(loss, tf.float64)
+            return steps + 1, loss_sum + loss, correct + batch_correct, ok, loss, following
 
-        start = (tf.constant(0), tf.constant(0.0, tf.float64), tf.constant(0, tf.int64), True)
+        zero = tf.constant(0.0, tf.float64)  # the loss sum, and the last step's loss
+        start = (tf.constant(0), zero, tf.constant(0, tf.int64), True, zero)
         # The first batch is pulled before the loop: a block of no steps would lose it.
         no_steps = "a block of training steps runs at least one step (num_steps < 1)"
         with tf.control_dependencies([tf.debugging.assert_positive(num_steps, no_steps)]):
             first = self._next_batch(iterator, self.step)
-        steps, loss_sum, correct, finite, _ = tf.while_loop(go_on, step, (*start, first))
-        return Block(steps, loss_sum, correct, finite)
+        *block, _ = tf.while_loop(go_on, step, (*start, first))
+        return Block(*block)
 
     def train_one_step(self, iterator):
         """One training step, as a block of one, in a graph without a loop: the profiler's
         Profile tab groups a marker's events into a step only where there is no loop."""
-        loss, correct, finite = self._step_on_batch(*self._next_batch(iterator, self.step))
-        return Block(tf.constant(1), tf.cast(loss, tf.float64), correct, finite)
+        loss, correct, ok = self._step_on_batch(*self._next_batch(iterator, self.step))
+        loss = tf.cast(loss, tf.float64)
+        return Block(tf.constant(1), loss, correct, ok, loss)
 
     def _next_batch(self, iterator, step):
         """The iterator's next batch as (images, targets): index rows of resident images are
@@ -262,13 +264,13 @@ class Trainer:
         return batch if self.make_batch is None else self.make_batch(batch, step)
 
     def _step_on_batch(self, images, targets):
-        """A training step on the batch: its loss, correct predictions, and whether the loss
-        and every weight are still finite."""
+        """A training step on the batch: its loss, correct predictions, and whether it left
+        the run sound (`fastconv.blocks.sound`)."""
         loss, correct = self._replicated_step(images, targets)
         self.step.assign_add(1)
         if self.step_summaries is not None:
             self._write_step_loss(loss)
-        return loss, correct, tf.math.is_finite(loss) & self._weights_finite()
+        return loss, correct, sound(loss, self.model.weights)
 
     def _replicated_step(self, images, targets):
         """The step, on every replica's share of the batch when there is a strategy."""
@@ -289,9 +291,6 @@ class Trainer:
             tf.name_scope(""),  # the tag "batch_loss", not "while/batch_loss"
         ):
             tf.summary.scalar("batch_loss", loss)
-
-    def _weights_finite(self):
-        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.model.weights])
 
     def evaluate(self, evaluation: EvaluationSet) -> Evaluation:
         """Mean loss, accuracy and confusion matrix over all of `evaluation`, in one call."""

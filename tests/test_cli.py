@@ -5,12 +5,15 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import idx_bytes, run_script, write_dataset
+from folders import go_on, run_paused_in_checkpoint
+from helpers import SCRIPTS, idx_bytes, run_script, write_dataset
 
 from fastconv import cli
 
@@ -83,6 +86,11 @@ def test_defaults_are_the_books_run():
         (["--profile-steps", "5,2"], "argument --profile-steps: '5,2' needs 1 <= START <= STOP"),
         (["--log-every", "0"], "argument --log-every: '0' must be a positive number"),
         (["--resume"], "argument --resume: needs the --logdir of the run to continue"),
+        (  # the flag given is blamed, not the recipe's --warmup-epochs
+            ["--recipe", "fast", "--schedule", "constant"],
+            "argument --schedule: 'constant' has no warm-up, and --recipe fast sets "
+            "--warmup-epochs 2.0: give --warmup-epochs 0 with it",
+        ),
     ],
 )
 def test_bad_flags_are_argparse_errors(capsys, flags, message):
@@ -99,6 +107,14 @@ def test_batch_larger_than_training_set_is_an_argparse_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "argument --batch-size: 81 is larger than the 80 training images" in (
         capsys.readouterr().err
+    )
+    # A split that leaves less than the default batch is the split's flag's fault.
+    with pytest.raises(SystemExit):
+        cli.main(["--data-dir", str(folder), "--validation-fraction", "0.5"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith(
+        "error: argument --validation-fraction: 0.5 leaves 50 of the 100 training images, "
+        "fewer than a batch (--batch-size 128)"
     )
 
 
@@ -171,13 +187,14 @@ def test_bad_input_is_one_line_naming_the_file_exit_2(tmp_path, kind):
 
 
 def test_diverging_run_exits_1_naming_epoch_and_step(tmp_path):
-    run = train("--learning-rate", "1e5", "--logdir", "run", cwd=tmp_path)
+    """The docs' example: its loss blows up long before it turns non-finite."""
+    run = train("--learning-rate", "1e4", "--logdir", "run", cwd=tmp_path)
     assert run.returncode == 1
     lines = run.stderr.splitlines()  # the error alone: none of TensorFlow's C++ lines
     assert len(lines) == 1, run.stderr
     assert re.fullmatch(
         r"error: training diverged in epoch 1 at step \d+ of 375: .*; no checkpoint had been "
-        r"saved; lower --learning-rate \(now 100000.0\)",
+        r"saved; lower --learning-rate \(now 10000.0\)",
         lines[0],
     )
 
@@ -209,13 +226,100 @@ def test_the_output_is_flushed_before_the_process_ends(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("flags", "closed", "code"), [(["--help"], 1, 0), (["--epochs", "0"], 2, 2)]
+    ("flags", "closed", "code"),
+    [(["--help"], 1, 0), (["--epochs", "0"], 2, 2), (["--epochs", "1"], 1, 120)],
 )
-def test_a_command_started_with_its_output_closed_ends_with_its_own_code(flags, closed, code):
+def test_a_command_started_with_its_output_closed_ends_with_its_own_code(
+    flags, closed, code, tmp_path
+):
     """Started with stdout or stderr closed (Python then has None for it), the command ends
-    with the code of what it did, not a traceback at its exit."""
+    with the code of what it did, not a traceback at its exit; a run that could print
+    nothing is not started (--help goes to stderr, as argparse has it)."""
     run = run_script(
-        "train.py", *flags, env=BUFFERED, timeout=120, preexec_fn=lambda: os.close(closed)
+        "train.py",
+        *flags,
+        env=BUFFERED,
+        timeout=120,
+        cwd=tmp_path,
+        preexec_fn=lambda: os.close(closed),
     )
     assert run.returncode == code
     assert "Traceback" not in run.stderr
+    if code == 120:
+        assert (
+            run.stderr == "error: cannot write the output: stdout is closed; nothing was started\n"
+        )
+        assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write to")
+@pytest.mark.parametrize("quiet", [False, True])
+def test_output_that_cannot_be_written_is_one_line_exit_120(data_dir, tmp_path, quiet):
+    """A full output: the first line fails before the run starts; under --quiet the run's
+    only lines, the results, come after they are written in its folder."""
+    logdir = tmp_path / "run"
+    flags = ["--data-dir", str(data_dir), "--logdir", str(logdir), "--batch-size", "32"]
+    flags += ["--epochs", "1"] + (["--quiet"] if quiet else [])
+    with open("/dev/full", "w") as full:
+        script = [sys.executable, str(SCRIPTS / "train.py"), *flags]
+        run = subprocess.run(script, stdout=full, stderr=PIPE, text=True, timeout=600)
+    assert run.returncode == 120
+    if quiet:
+        assert run.stderr == (
+            "error: cannot write the output (No space left on device); the run is done; its "
+            f"results are in {logdir}\n"
+        )
+        assert (logdir / "metrics.json").exists()
+    else:
+        assert run.stderr == (
+            "error: cannot write the output (No space left on device): stopped during "
+            "start-up; nothing was saved\n"
+        )
+        assert not logdir.exists()
+
+
+def test_a_reader_that_goes_away_stops_the_run_having_saved_it(data_dir, tmp_path):
+    """`train.py | head`: as a Unix tool whose reader went away, the run stops (the shell
+    would wait for it), at its next answering point, saving a checkpoint first; exit 141."""
+    logdir = tmp_path / "run"
+    with run_paused_in_checkpoint(data_dir, logdir, "--epochs", "3") as run:  # in epoch 1's
+        run.stdout.close()  # the reader goes
+        go_on(run)
+        run.wait(timeout=300)
+        stderr = run.stderr.read()
+    checkpoint = logdir / "checkpoints" / "ckpt-100"
+    assert (run.returncode, stderr) == (
+        141,
+        f"error: the output's reader went away: stopped after epoch 2; saved {checkpoint}; "
+        f"resume with: python scripts/train.py --logdir {logdir} --resume\n",
+    )
+    assert tf.train.latest_checkpoint(str(logdir / "checkpoints")) == str(checkpoint)
+
+
+def escaped(text) -> str:
+    """`text` as a stream that cannot encode it prints it: \\uXXXX escapes."""
+    return str(text).encode("ascii", "backslashreplace").decode()
+
+
+def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(data_dir, tmp_path):
+    """The book's Korean title in --help, and non-ASCII paths in the run's lines and errors."""
+    ascii_terminal = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
+    usage = run_script("train.py", "--help", env=ascii_terminal)
+    assert usage.returncode == 0, usage.stderr
+    assert "'Do it! \\ub525\\ub7ec\\ub2dd \\uc785\\ubb38'" in usage.stdout
+    korean_data, logdir = tmp_path / "데이터", tmp_path / "실행"
+    korean_data.symlink_to(data_dir)
+    run = run_script(
+        "train.py",
+        *["--data-dir", str(korean_data), "--logdir", str(logdir), "--batch-size", "32"],
+        *["--epochs", "1"],
+        env=ascii_terminal,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"data_dir={escaped(korean_data)} " in run.stdout
+    assert run.stdout.endswith(f"run folder {escaped(logdir)}\n")
+    missing = run_script("train.py", "--data-dir", str(tmp_path / "없음"), env=ascii_terminal)
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        f"error: {escaped(tmp_path / '없음')}: no such directory (--data-dir)\n",
+    )

@@ -99,6 +99,13 @@ def test_evaluation_set_covers_every_image_once_in_order_and_pads_with_nothing()
     assert targets[:2500].sum() == 2500 and not targets[2500:].any()  # padding counts for nothing
 
 
+def test_an_evaluation_batch_larger_than_the_set_is_the_set_unpadded():
+    images, labels = synthetic_images(250)
+    evaluation = pipeline.evaluation_set(images, labels, 10**8, pipeline.Standardization())
+    assert evaluation.images.shape == (1, 250, 28, 28, 1)  # not 10**8 images, 300 GB of blanks
+    assert evaluation.targets.shape == (1, 250, 10)
+
+
 def test_batch_larger_than_the_training_split_is_refused():
     dataset = synthetic_dataset(train=100, test=10)  # 80 training images after the split
     with pytest.raises(ConfigError, match="batch_size=81 is larger than the 80 training images"):

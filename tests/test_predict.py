@@ -1,11 +1,15 @@
 """scripts/predict.py: an exported model classifies IDX files, .npy arrays and PNG images."""
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import idx_bytes, run_script
+from helpers import SCRIPTS, idx_bytes, run_script
 
 from fastconv import data, export, pipeline
 from fastconv.model import ConvNet
@@ -70,11 +74,16 @@ def test_classifies_idx_npy_and_png_as_the_model_does(model_dir, fashion_mnist, 
         ("empty-ints.npy", np.zeros(0, np.int64), "holds no images"),
         ("broken.png", b"\x89PNG not really", "not a readable PNG image"),
         ("missing.idx", None, "file not found"),
+        ("flat.npy", np.zeros((5, 784), np.uint8), "images of shape (5, 784), expected (28, 28)"),
+        ("a-folder", "folder", "is a folder, not a file"),
+        ("anim.png", b"GIF89a\x1c\0", "not an IDX file, .npy array, PNG or JPEG image (it begins"),
     ],
 )
 def test_bad_input_is_one_line_naming_it(model_dir, tmp_path, name, content, problem):
     path = tmp_path / name
-    if isinstance(content, bytes):
+    if isinstance(content, str):  # a folder
+        path.mkdir()
+    elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None and name.endswith(".npy"):
         np.save(path, content)
@@ -87,9 +96,59 @@ def test_bad_input_is_one_line_naming_it(model_dir, tmp_path, name, content, pro
     assert not run.stdout
 
 
+def test_a_jpeg_is_read_by_its_content_whatever_its_name(model_dir, fashion_mnist, tmp_path):
+    jpeg = tf.io.encode_jpeg(fashion_mnist.test_images[0][..., None], quality=100).numpy()
+    paths = [tmp_path / name for name in ("coat.jpg", "coat.png", "coat")]
+    for path in paths:
+        path.write_bytes(jpeg)
+    run = run_script("predict.py", str(model_dir), *map(str, paths))
+    assert run.returncode == 0, run.stderr
+    pixels = tf.io.decode_jpeg(jpeg, channels=1)[..., 0]
+    classify = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    expected = classify(images=pixels[None])["probabilities"].numpy()[0].argmax()
+    assert [(path, index, name) for path, index, name, _ in predictions(run.stdout)] == [
+        (str(path), 0, data.CLASS_NAMES[expected]) for path in paths
+    ]
+
+
 def test_a_folder_that_is_not_a_model_is_one_line(tmp_path, fashion_mnist):
     npy = tmp_path / "images.npy"
     np.save(npy, fashion_mnist.test_images[:1])
     run = run_script("predict.py", str(tmp_path), str(npy))
     assert run.returncode == 2
     assert f"error: {tmp_path}: not a model exported by fastconv --export" in run.stderr
+
+
+def test_output_that_cannot_be_written_ends_without_a_traceback(model_dir, tmp_path):
+    """A reader gone (`| head`): quietly, 141, as `yes | head -1`; a full or closed output:
+    one line, 120."""
+    npy = tmp_path / "images.npy"
+    np.save(npy, np.zeros((3, 28, 28), np.uint8))
+    command = [sys.executable, str(SCRIPTS / "predict.py"), str(model_dir), str(npy)]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    with os.fdopen(write_end, "w") as gone:
+        run = subprocess.run(command, stdout=gone, stderr=subprocess.PIPE, text=True)
+    assert (run.returncode, run.stderr) == (141, "")
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            run = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
+        assert (run.returncode, run.stderr) == (
+            120,
+            "error: cannot write the output (No space left on device)\n",
+        )
+    run = subprocess.run(command, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert (run.returncode, run.stderr) == (
+        120,
+        "error: cannot write the output: stdout is closed\n",
+    )
+
+
+def test_a_path_that_the_terminal_cannot_encode_is_printed_escaped(model_dir, tmp_path):
+    npy = tmp_path / "이미지.npy"
+    np.save(npy, np.zeros((1, 28, 28), np.uint8))
+    ascii_terminal = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
+    run = run_script("predict.py", str(model_dir), str(npy), env=ascii_terminal)
+    assert run.returncode == 0, run.stderr
+    ((name, index, _, _),) = predictions(run.stdout)
+    assert (name, index) == (str(npy).encode("ascii", "backslashreplace").decode(), 0)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,17 @@ from folders import (
     snapshot,
     tmpfs,
 )
-from helpers import synthetic_dataset
+from helpers import run_script, synthetic_dataset
 
-from fastconv import checkpoints, cli, export, rundir, runtime
+from fastconv import checkpoints, cli, export, native, rundir, runtime
 from fastconv.checkpoints import NothingToResume
 from fastconv.config import TrainConfig
+from fastconv.model import ConvNet
+from fastconv.pipeline import Standardization
 from fastconv.run import train_and_evaluate
 from fastconv.rundir import RunFolderError
 from fastconv.runtime import recorded_settings
+from fastconv.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +84,50 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_changes_nothing(data_dir
         assert len(list((logdir / writer).iterdir())) == 1  # one run's event file
 
 
+@pytest.mark.parametrize("held", ["files of the user's", "another run"])
+def test_a_new_run_refuses_a_folder_that_holds_files_and_changes_nothing(
+    data_dir, finished, tmp_path, capsys, held
+):
+    logdir = tmp_path / "mine"
+    logdir.mkdir()
+    if held == "another run":  # one stopped before its first checkpoint
+        shutil.copy(finished / rundir.CONFIG, logdir)
+        why = "holds another run (its config.json); a new run needs an empty or new folder"
+    else:  # names a run folder uses too, which the run would overwrite
+        (logdir / rundir.CONFIG).write_text('{"my": "settings"}\n')
+        (logdir / "loss.png").write_bytes(b"my figure")
+        why = "the folder is not empty and is not a fastconv run folder (it holds config.json, "
+        why += "loss.png); choose an empty or new folder"
+    before = snapshot(logdir)
+    code, out, err = main(capsys, *flags(data_dir, logdir, "--epochs", "1"))
+    assert code == 2
+    assert error_lines(err)[0].startswith(f"error: --logdir {logdir}: {why}")
+    assert len(error_lines(err)) == 1 and "compiling" not in out
+    assert snapshot(logdir) == before and len(list(logdir.iterdir())) == len(before)  # no lock
+
+
+def test_a_new_run_takes_a_folder_that_holds_only_a_lock_and_its_workers_folders(tmp_path):
+    (tmp_path / rundir.LOCK).touch()
+    (tmp_path / "worker-1").mkdir()  # a multi-worker run's worker, started before the chief
+    rundir.require_fresh(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        ["--kernels", "100000", "--device", "cpu"],  # too large for the memory
+        ["--device", "gpu:99"],  # not there
+        ["--export", "{logdir}"],  # its own run folder
+    ],
+)
+def test_a_refused_run_leaves_no_folder_behind(data_dir, tmp_path, capsys, refused):
+    logdir = tmp_path / "new" / "run"
+    argv = [arg.format(logdir=logdir) for arg in refused]
+    code, _, err = main(capsys, *flags(data_dir, logdir, "--epochs", "1", *argv))
+    assert code == 2 and len(error_lines(err)) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 # --resume: every flag given applied or refused, the epochs done respected
 
 
@@ -104,6 +152,17 @@ def test_resume_refuses_a_flag_that_changes_the_arithmetic_even_at_its_default(
     assert error_lines(err) == [
         f"error: {field}={given!r} differs from the resumed run's {field}={saved!r}; a resumed "
         "run keeps its configuration (start a new --logdir to change it)"
+    ]
+
+
+def test_resume_refuses_other_epochs_under_a_schedule_saying_why(tmp_path, capsys):
+    config = TrainConfig(epochs=6, schedule="onecycle", warmup_epochs=1.0)
+    rundir.write_json(tmp_path / rundir.CONFIG, config.to_dict())
+    code, _, err = main(capsys, "--logdir", str(tmp_path), "--resume", "--epochs", "8")
+    assert code == 2
+    assert error_lines(err) == [
+        "error: --epochs 8: the run's --schedule onecycle ends at its last epoch, 6, so a "
+        "resumed run keeps its epochs (start a new --logdir to train longer)"
     ]
 
 
@@ -166,6 +225,22 @@ def test_a_resumed_run_computes_with_the_settings_the_run_recorded(finished, tmp
         assert f"{name} {other[name]}" in note and f"{name} {getattr(here, name)}" in note
     recorded = json.loads((run / rundir.ENVIRONMENT).read_text())["placement"]
     assert recorded == other  # still the run's own, for its next resume
+
+
+def test_a_resume_leaves_the_record_of_how_the_run_started(finished, tmp_path):
+    """A resume that cannot honour a recorded setting (the fused op turned off) computes
+    with this machine's choice, and leaves environment.json as it was: a later resume does
+    not take that choice for the run's own."""
+    run = copy_of(finished, tmp_path)
+    recorded = (run / rundir.ENVIRONMENT).read_text()
+    if json.loads(recorded)["placement"]["conv_form"] != "fused":
+        pytest.skip("the run did not start on the fused op: it is not built here")
+    env = {**os.environ, native.SWITCH: "0"}
+    resumed = run_script("train.py", "--logdir", str(run), "--resume", "--epochs", "3", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "warning: cannot resume with the run's " in resumed.stderr
+    assert "conv_form 'fused' (in " in resumed.stderr
+    assert (run / rundir.ENVIRONMENT).read_text() == recorded
 
 
 def test_settings_the_machine_cannot_honour_are_said_before_any_work(finished, tmp_path):
@@ -305,6 +380,16 @@ def test_a_lost_index_file_is_rebuilt_from_the_checkpoints_present(finished, tmp
     ]
 
 
+def test_a_garbled_index_is_one_note_and_nothing_on_stderr(finished, tmp_path):
+    """The resumed run says it once; TensorFlow's own warnings (and, with the import that
+    held a copy of stderr, 188 lines of "--- Logging error ---") are not shown."""
+    run = copy_of(finished, tmp_path)
+    (run / rundir.CHECKPOINTS / "checkpoint").write_text('model_checkpoint_path: "ckpt-100\n')
+    resumed = run_script("train.py", "--logdir", str(run), "--resume", "--epochs", "3")
+    assert (resumed.returncode, resumed.stderr) == (0, "")
+    assert resumed.stdout.count("is missing or unreadable; it will be rebuilt") == 1
+
+
 def test_no_intact_checkpoint_is_one_line_exit_2(finished, tmp_path, capsys):
     run = copy_of(finished, tmp_path)
     for number in (50, 100):
@@ -380,6 +465,22 @@ def test_an_unusable_logdir_is_one_line_exit_2_before_any_work(
     assert "compiling" not in out
 
 
+@pytest.mark.parametrize("flag", ["--logdir", "--export"])
+def test_a_folder_whose_name_is_not_utf8_is_one_line_exit_2(data_dir, tmp_path, capsys, flag):
+    """Bytes a file system allows (here as Python's surrogate), which TensorFlow cannot take."""
+    named = tmp_path / "run-\udcff"
+    logdir, export_dir = (named, tmp_path / "model") if flag == "--logdir" else (tmp_path, named)
+    code, _, err = main(
+        capsys, *flags(data_dir, logdir, "--epochs", "1", "--export", str(export_dir))
+    )
+    assert code == 2
+    shown = str(named).encode("utf-8", "backslashreplace").decode()  # as stderr escapes it
+    assert error_lines(err) == [
+        f"error: {flag} {shown}: the name is not UTF-8, which TensorFlow needs; choose another"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_read_only_logdir_is_one_line_exit_2(data_dir, tmp_path, capsys):
     with read_only_folder(tmp_path / "read-only") as folder:
         code, _, err = main(capsys, *flags(data_dir, folder / "run", "--epochs", "1"))
@@ -399,6 +500,7 @@ def test_a_logdir_without_room_for_the_checkpoints_is_refused_before_training(
         assert line.startswith(f"error: --logdir {disk / 'run'}: ")
         assert " MiB free, and the run's checkpoints need about " in line
         assert "compiling" not in out
+        assert list(disk.iterdir()) == []  # no lock, no event files: the run left nothing
 
 
 def test_a_disk_that_fills_during_the_run_keeps_the_last_checkpoint_and_no_debris(
@@ -499,6 +601,17 @@ def test_an_export_replaces_only_an_earlier_export_of_the_same_run(tmp_path):
         export.check_target(model, str(tmp_path / "another-run"))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_an_export_folder_follows_the_umask_as_a_run_folder_does(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        model = export.export(Trainer(ConvNet(seed=0), 0.01), Standardization(), tmp_path / "m")
+    finally:
+        os.umask(previous)
+    assert model.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m"]  # nothing else left
+
+
 # The smaller items
 
 
@@ -509,6 +622,26 @@ def test_a_network_too_large_for_the_memory_is_one_line_exit_2(data_dir, tmp_pat
     (line,) = error_lines(err)
     assert line.startswith("error: --kernels 100000 --units 100 --batch-size 32: a training step ")
     assert " GiB available" in line and "compiling" not in out
+
+
+def test_an_evaluation_batch_larger_than_the_sets_evaluates_them_whole(data_dir, tmp_path, capsys):
+    argv = flags(data_dir, tmp_path / "run", "--epochs", "1", "--eval-batch-size", "100000000")
+    code, _, err = main(capsys, *argv)
+    assert (code, err) == (0, "")
+
+
+def test_memory_that_runs_out_is_one_line_exit_2(data_dir, tmp_path, capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 298. GiB for an array")
+
+    monkeypatch.setattr("fastconv.run.make_datasets", out_of_memory)
+    code, _, err = main(capsys, *flags(data_dir, tmp_path / "run", "--epochs", "1"))
+    assert code == 2
+    assert error_lines(err) == [
+        "error: out of memory (Unable to allocate 298. GiB for an array); lower --batch-size, "
+        "--eval-batch-size, --kernels or --units; no checkpoint had been saved"
+    ]
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_profile_window_past_the_runs_last_step_is_a_flag_error(data_dir, tmp_path, capsys):

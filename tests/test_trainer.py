@@ -169,16 +169,18 @@ def test_diverging_loss_stops_the_run_at_the_step_that_diverged():
     with pytest.raises(TrainingDiverged) as diverged:
         train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
     message = str(diverged.value)
-    assert re.match(r"training diverged in epoch 1 at step \d+ of 15: the loss became nan", message)
+    assert re.match(
+        r"training diverged in epoch 1 at step \d+ of 15: the loss (became|reached)", message
+    )
     bad_step = int(re.match(r".* at step (\d+)", message).group(1))
-    # The named step is the first bad one: the same steps one at a time stay finite before it.
+    # The named step is the first bad one: the same steps one at a time stay sound before it.
     placement = runtime.place(config)
     trainer = Trainer(ConvNet(seed=42), 1e10, shards=placement.shards)
     datasets = make_datasets(data.book_split(synthetic_dataset(), config), config)
     iterator = iter(datasets.train())
     for _ in range(bad_step - 1):
-        assert bool(trainer.train(iterator, tf.constant(1)).finite)
-    assert not bool(trainer.train(iterator, tf.constant(1)).finite)
+        assert bool(trainer.train(iterator, tf.constant(1)).sound)
+    assert not bool(trainer.train(iterator, tf.constant(1)).sound)
 
 
 @pytest.mark.parametrize("resident", [False, True])
@@ -232,9 +234,27 @@ def test_a_block_stops_at_its_first_non_finite_step():
     images, labels = synthetic_images(640)
     iterator = iter(pipeline.training_batches(images, labels, 32, 0, pipeline.IDENTITY))
     block = trainer.train(iterator, tf.constant(20))
-    assert not bool(block.finite)
+    assert not bool(block.sound)
     assert 1 <= int(block.steps) < 20
     assert int(trainer.step) == int(block.steps)
+
+
+def test_a_block_stops_at_a_loss_blown_up_though_finite():
+    """A loss a thousand times an untrained network's is a run that has blown up."""
+
+    class BlowsUpAtStep3(Trainer):
+        def train_step(self, images, targets):
+            loss, correct = super().train_step(images, targets)
+            return tf.where(self.step >= 2, tf.constant(1e6), loss), correct
+
+    trainer = BlowsUpAtStep3(ConvNet(seed=0), 0.01)
+    images, labels = synthetic_images(640)
+    iterator = iter(pipeline.training_batches(images, labels, 32, 0, pipeline.IDENTITY))
+    block = trainer.train(iterator, tf.constant(10)).fetch()
+    assert (block.steps, block.sound, block.last_loss) == (3, False, 1e6)
+    assert block.trouble() == (
+        "the loss reached 1e+06, over a thousand times an untrained network's 2.30"
+    )
 
 
 def test_loss_falls_on_real_data(fashion_mnist):
