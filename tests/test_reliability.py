@@ -152,6 +152,16 @@ def test_kill_9_inside_a_checkpoint_write_resumes_from_the_previous_one(
         read_whole(checkpoints / f"ckpt-{step}")
 
 
+def diverged_run(trainer_class, tmp_path, monkeypatch) -> str:
+    """The divergence message of a run in `tmp_path` (epochs of 15 steps, blocks of 4) whose
+    trainer is a `trainer_class`."""
+    monkeypatch.setattr("fastconv.trainer.Trainer", trainer_class)
+    config = TrainConfig(epochs=5, batch_size=32, logdir=str(tmp_path), steps_per_call=4)
+    with pytest.raises(TrainingDiverged) as diverged:
+        train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    return str(diverged.value)
+
+
 def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     class DivergesAtStep41(Trainer):
         """Steps as usual, then the loss of step 41 turns NaN (in epoch 3 of 15 steps)."""
@@ -160,12 +170,9 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
             loss, correct = super().train_step(images, targets)
             return tf.where(self.step >= 40, tf.constant(np.nan), loss), correct
 
-    monkeypatch.setattr("fastconv.trainer.Trainer", DivergesAtStep41)
-    config = TrainConfig(epochs=5, batch_size=32, logdir=str(tmp_path), steps_per_call=4)
-    with pytest.raises(TrainingDiverged) as diverged:
-        train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    message = diverged_run(DivergesAtStep41, tmp_path, monkeypatch)
     checkpoint = tmp_path / "checkpoints" / "ckpt-30"
-    assert str(diverged.value) == (
+    assert message == (
         "training diverged in epoch 3 at step 11 of 15: the loss became nan; the last good "
         f"checkpoint, {checkpoint}, is kept; lower --learning-rate (now 0.01)"
     )
@@ -183,12 +190,9 @@ def test_a_nan_weight_with_a_finite_loss_at_an_epochs_end_is_not_saved(tmp_path,
             self.model.b2.assign(tf.where(self.step >= 29, nan, self.model.b2))
             return loss, correct
 
-    monkeypatch.setattr("fastconv.trainer.Trainer", NanBiasAtStep30)
-    config = TrainConfig(epochs=5, batch_size=32, logdir=str(tmp_path), steps_per_call=4)
-    with pytest.raises(TrainingDiverged) as diverged:
-        train_and_evaluate(config, synthetic_dataset(), log=lambda line: None)
+    message = diverged_run(NanBiasAtStep30, tmp_path, monkeypatch)
     checkpoint = tmp_path / "checkpoints" / "ckpt-15"
-    assert str(diverged.value) == (
+    assert message == (
         "training diverged in epoch 2 at step 15 of 15: a weight became non-finite; the last "
         f"good checkpoint, {checkpoint}, is kept; lower --learning-rate (now 0.01)"
     )
