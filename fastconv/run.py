@@ -179,7 +179,7 @@ def per_worker(config: TrainConfig) -> TrainConfig:
     """This worker's configuration: workers other than the chief of a multi-worker run get
     a folder of their own (`<logdir>/worker-N`) and no export, so they never write over the
     chief's files."""
-    index = machine.worker_index() if config.strategy == "multi-worker" else 0
+    index = machine.cluster()[1] if config.strategy == "multi-worker" else 0
     if index == 0:
         return config
     logdir = str(Path(config.logdir) / f"worker-{index}") if config.logdir else None

@@ -87,6 +87,26 @@ def test_multi_worker_without_tf_config_exits_2(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "task", [{"type": "worker", "index": 5}, {"type": "ps", "index": 0}, {"type": "worker"}]
+)
+def test_a_task_that_is_not_one_of_the_workers_is_one_line_exit_2(tmp_path, task):
+    """Refused before the run folder is touched: no worker-5/ left behind, no traceback."""
+    folder = write_dataset(tmp_path / "data")
+    tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": task}
+    run = run_script(
+        "train.py",
+        *("--strategy", "multi-worker", "--data-dir", str(folder)),
+        *("--logdir", str(tmp_path / "r")),
+        env={**os.environ, "TF_CONFIG": json.dumps(tf_config)},
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    (line,) = errors(run)
+    assert line.startswith("error: --strategy multi-worker: TF_CONFIG")
+    assert ("not one of its 2 workers" in line) == ("index" in task)
+    assert not (tmp_path / "r").exists()
+
+
 def test_replica_streams_together_are_the_one_device_stream():
     def stream(chunks):
         labels = np.zeros(640, np.uint8)
