@@ -2,7 +2,7 @@
 the book's network (forward, cross-entropy, gradient, update) on float32 Fashion-MNIST, as
 
     graph      graph-mode tf.function, the TensorFlow op ("fused" conv form)
-    xla_call   tf.function(jit_compile=True), native.xla_conv_relu_pool
+    xla_call   tf.function(jit_compile=True), the custom calls ("fused_xla" conv form)
     xla_wp     tf.function(jit_compile=True), the "window_patches" conv form
 
 in interleaved rounds (every form and batch size once per round, so that a load beside the
@@ -28,19 +28,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 
-from fastconv import data, native
-from fastconv.model import CONV_FORMS, ConvForm, ConvNet, cross_entropy
+from fastconv import data
+from fastconv.model import ConvNet, cross_entropy
 
 LEARNING_RATE = 0.01
 BATCHES = (128, 512)
-# The custom-call form as a conv form of the model's, for this script only: forpass then
-# computes the dense layers exactly as for the op (images in columns).
-CONV_FORMS["xla_call"] = ConvForm(
-    native.xla_conv_relu_pool, images_in_columns=True, in_float32=True
-)
 FORMS = {
     "graph": ("fused", False),
-    "xla_call": ("xla_call", True),
+    "xla_call": ("fused_xla", True),
     "xla_wp": ("window_patches", True),
 }
 

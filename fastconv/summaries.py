@@ -14,12 +14,11 @@ two curves of the book's figure in one chart.
 `Profiler` answers --profile-steps START,STOP, steps counted from 1 over the whole run.
 Inside the window each step runs on its own, through the trainer's loop-free one-step
 function (xprof groups a marker's events into a step only when the traced graph holds no
-while loop), wrapped in
-`tf.profiler.experimental.Trace("train", step_num=...)` with the data fetch inside it, so
-TensorBoard's Profile tab finds the steps and breaks each one's time down. The trace runs
-from one step before the window to one step after it, because xprof leaves out the steps at
-a trace's edges when it can't tell that they are whole. Outside it blocks run as usual.
-The trace lands in <logdir>/plugins/profile/<time>/, where the Profile tab looks.
+while loop), wrapped in `tf.profiler.experimental.Trace("train", step_num=...)` with the data
+fetch inside it, so TensorBoard's Profile tab finds the steps and breaks each one's time down.
+The trace runs from one step before the window to one step after it, because xprof leaves
+out the steps at a trace's edges when it can't tell that they are whole. Outside it, blocks
+run as usual. The trace lands in <logdir>/plugins/profile/<time>/, where the Profile tab looks.
 """
 
 from __future__ import annotations
