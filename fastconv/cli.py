@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import typing
 from pathlib import Path
 
-from fastconv import data, faults, rundir
+from fastconv import data, faults, rundir, workers
 from fastconv.config import ConfigError, TrainConfig, flag_name, flag_of
 from fastconv.importing import import_tensorflow
 from fastconv.interruption import (
@@ -20,6 +21,7 @@ from fastconv.interruption import (
     output_failure,
     stop_at_once,
 )
+from fastconv.workers import WorkersLost
 
 # Flags of the command, not of the run's configuration.
 COMMAND_FLAGS = ("resume", "quiet")
@@ -150,8 +152,8 @@ def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
         f"validation accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}) | "
         f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})\n"
         f"compile {result.compile_seconds:.1f} s | {training} | "
-        f"total wall time {total_seconds:.1f} s | run folder {result.config.logdir}",
-        f"the run is done; its results are in {result.config.logdir}",
+        f"total wall time {total_seconds:.1f} s | run folder {result.folder}",
+        f"the run is done; its results are in {result.folder}",
     )
 
 
@@ -211,6 +213,9 @@ def _train_from_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
     except TrainingDiverged as error:
         error_line(error)
         return 1
+    except WorkersLost as error:
+        error_line(error)
+        return WorkersLost.exit_code
 
 
 def read_data(config: TrainConfig) -> data.FashionMNIST:
@@ -244,6 +249,8 @@ def configure(args: argparse.Namespace, resume: bool) -> TrainConfig:
         config = config_from_args(args)
         return dataclasses.replace(config, logdir=config.logdir or str(rundir.default_logdir()))
     saved = Path(args.logdir) / rundir.CONFIG
+    if not saved.is_file() and "TF_CONFIG" in os.environ:  # a worker's folder on its machine
+        saved = workers.own_folder(args.logdir, "multi-worker") / rundir.CONFIG
     if not saved.is_file():
         raise ConfigError(f"{saved}: not found; is {args.logdir} a fastconv run folder?")
     try:

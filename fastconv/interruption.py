@@ -51,6 +51,16 @@ def signal_name(number: int) -> str:
     return signal.Signals(number).name
 
 
+def describe_stop(exit_code: int) -> str:
+    """What a stop's exit code tells of the worker that was asked to stop, for the others:
+    "was interrupted by SIGTERM"."""
+    if exit_code == READER_GONE:
+        return "lost its output's reader"
+    if exit_code == OUTPUT_FAILED:
+        return "could not write its output"
+    return f"was interrupted by {signal_name(exit_code - 128)}"
+
+
 def escaping_output() -> None:
     """Characters that stdout's encoding lacks (the book's Korean title on an ASCII terminal,
     a path's bytes that are not UTF-8) printed as escapes (`\\ub525`), as Python prints them
@@ -126,6 +136,7 @@ class StopRequests:
         handlers = dict.fromkeys(STOP_SIGNALS, self._on_stop)
         if self.SAVE_SIGNAL is not None:
             handlers[self.SAVE_SIGNAL] = self._on_save
+        self._installed = handlers
         self._stack.enter_context(_handlers(handlers))
         if threading.current_thread() is threading.main_thread():
             self._stack.enter_context(self._watcher())
@@ -133,6 +144,13 @@ class StopRequests:
 
     def __exit__(self, *exc_info) -> None:
         self._stack.close()
+
+    def reclaim(self) -> None:
+        """Installs the handlers again. TensorFlow's distributed runtime, when it starts, puts
+        a handler of its own on SIGTERM (in C++, where Python does not see it)."""
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in self._installed.items():
+                signal.signal(number, handler)
 
     def check(self, where: str) -> None:
         """Answers a stop request: raises Interrupted saying `where` and what is kept."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -77,17 +78,23 @@ class RunLoop:
         requests: StopRequests,
         log: Callable[[str], None],
         live: bool,
+        folder: Path | None = None,
+        agree: Callable[[StopRequests], None] | None = None,
     ):
         self.config, self.trainer, self.datasets, self.state = config, trainer, datasets, state
         self.checkpoints, self.summaries, self.log = checkpoints, summaries, log
         self.requests = requests
         self.steps_per_epoch = datasets.steps_per_epoch
+        # Workers answer together (`agree`), so their blocks end at the same steps whether
+        # or not each has a terminal.
+        short = live or agree is not None
         block_steps = config.steps_per_call or (
-            live_block_steps(self.steps_per_epoch) if live else self.steps_per_epoch
+            live_block_steps(self.steps_per_epoch) if short else self.steps_per_epoch
         )
         self.steps_per_call = min(block_steps, self.steps_per_epoch)
         self.bar = EpochBar(self.steps_per_epoch) if live else None
-        self.profiler = Profiler(config.logdir, config.profile_steps)
+        self.profiler = Profiler(folder, config.profile_steps)
+        self.agree = agree
         self.checkpoint = checkpoints.latest if checkpoints else None
         self.saved = False  # whether the last block ended with a checkpoint
         self.seconds_here = 0.0  # training seconds of this process (a resumed run's are fewer)
@@ -174,8 +181,10 @@ class RunLoop:
             self.requests.kept = kept(self.checkpoint, self.config.logdir)
 
     def answer(self) -> None:
-        """Saves on SIGUSR1; saves and stops on SIGINT or SIGTERM."""
+        """Saves on SIGUSR1; saves and stops on SIGINT or SIGTERM (of any worker)."""
         requests = self.requests
+        if self.agree:
+            self.agree(requests)
         if requests.save_requested and not self.saved:
             self.save()
             self.log(f"saved {self.checkpoint} (SIGUSR1)")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 
 import tensorflow as tf
 
+from fastconv import workers
 from fastconv.config import ConfigError
 
 
@@ -164,27 +164,5 @@ def make_strategy(name: str, on_gpu: bool) -> tf.distribute.Strategy | None:
         return tf.distribute.MirroredStrategy(
             [d.name for d in tf.config.list_logical_devices(kind)]
         )
-    cluster()  # TF_CONFIG checked, so that TensorFlow's own errors never reach the user
+    workers.cluster()  # TF_CONFIG checked, so that TensorFlow's own errors never reach the user
     return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-def cluster() -> tuple[list[str], int]:
-    """The workers TF_CONFIG lists and this process's index among them (0 is the chief);
-    DeviceError saying what is wrong with it, for a multi-worker run."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        raise DeviceError(
-            "--strategy multi-worker: TF_CONFIG is not set (see docs/usage.md, Multi-worker)"
-        )
-    try:
-        config = json.loads(text)
-        workers, task = config["cluster"]["worker"], config["task"]
-        kind, index = task["type"], task["index"]
-    except (ValueError, KeyError, TypeError):
-        raise DeviceError(f"--strategy multi-worker: TF_CONFIG is not valid: {text}") from None
-    if kind != "worker" or type(index) is not int or not 0 <= index < len(workers):
-        raise DeviceError(
-            f"--strategy multi-worker: TF_CONFIG's task {task} is not one of its "
-            f"{len(workers)} workers (type worker, index 0 to {len(workers) - 1})"
-        )
-    return workers, index

@@ -42,6 +42,7 @@ class RunResult:
     train_seconds_here: float | None = None
     # The test set's counts of (true class, predicted class).
     test_confusion: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    folder: Path | None = None  # this worker's run folder (with a logdir)
 
 
 def write_results(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from fastconv import checkpoints, data, export, faults, machine, rundir, runtime
+from fastconv import checkpoints, data, export, faults, rundir, runtime, workers
 from fastconv.checkpoints import Checkpoints, kept, starting_point
 from fastconv.config import ConfigError, TrainConfig
 from fastconv.interruption import StopRequests
@@ -51,13 +51,14 @@ def train_and_evaluate(
     SIGTERM, and a line `log` cannot write, are answered in every phase with
     `fastconv.interruption.Interrupted`.
     """
-    config = per_worker(config)
+    config, own_folder = per_worker(config)
+    multi_worker = config.strategy == "multi-worker"
     if not isinstance(dataset, data.BookSplit):
         dataset = data.book_split(dataset or data.load(config.data_dir), config)
     split = dataset
     steps_per_epoch = split.steps_per_epoch
     with contextlib.ExitStack() as stack:
-        folder = stack.enter_context(rundir.claimed(config.logdir)) if config.logdir else None
+        folder = stack.enter_context(rundir.claimed(own_folder)) if own_folder else None
         nothing = kept(None) if folder else "no --logdir, so nothing was saved"
         requests = stack.enter_context(StopRequests(nothing))
         log = requests.guarded(log)  # output that cannot be written stops the run, saved
@@ -66,7 +67,10 @@ def train_and_evaluate(
         if config.export_dir:
             export.check_target(config.export_dir, _run_id(folder))
         recorded, notes = runtime.recorded_settings(folder, config) if start else (None, [])
+        if multi_worker:  # before TensorFlow's server starts, which Ctrl-C cannot interrupt
+            workers.meet(config, start.step if start else 0, requests, log)
         placement = runtime.set_up(config, recorded)
+        requests.reclaim()  # from TensorFlow's distributed runtime, which takes SIGTERM
         for line in (*(start.notes if start else ()), f"device: {placement.description}"):
             log(line)
         for note in (*notes, *placement.notes):
@@ -77,7 +81,7 @@ def train_and_evaluate(
                 f"{config.batch_size // placement.replicas}"
             )
         stack.enter_context(placement.device_scope())
-        stack.enter_context(_failures_in_one_line(folder, requests))
+        stack.enter_context(_failures_in_one_line(folder, requests, multi_worker))
 
         # The training images stay on the device when they fit, and only indices cross to
         # it: on a GPU that spares the host-to-device copies; on a CPU it keeps tf.data's
@@ -138,6 +142,8 @@ def train_and_evaluate(
             requests=requests,
             log=log,
             live=live_progress,
+            folder=folder,
+            agree=workers.agreement(placement.strategy) if multi_worker else None,
         )
         loop.train()
 
@@ -156,6 +162,7 @@ def train_and_evaluate(
             checkpoint=loop.checkpoint,
             train_seconds_here=loop.seconds_here,
             test_confusion=test.confusion.numpy().astype(int),
+            folder=folder,
         )
         if folder:
             write_results(result, folder, datasets.images_per_epoch, summaries)
@@ -175,15 +182,15 @@ def train_and_evaluate(
         return result
 
 
-def per_worker(config: TrainConfig) -> TrainConfig:
-    """This worker's configuration: workers other than the chief of a multi-worker run get
-    a folder of their own (`<logdir>/worker-N`) and no export, so they never write over the
-    chief's files."""
-    index = machine.cluster()[1] if config.strategy == "multi-worker" else 0
-    if index == 0:
-        return config
-    logdir = str(Path(config.logdir) / f"worker-{index}") if config.logdir else None
-    return dataclasses.replace(config, logdir=logdir, export_dir=None)
+def per_worker(config: TrainConfig) -> tuple[TrainConfig, Path | None]:
+    """This worker's configuration and run folder: workers other than the chief of a
+    multi-worker run get a folder of their own (`<logdir>/worker-N`) and no export, so they
+    never write over the chief's files. `config.logdir` stays the run's, as the user gave
+    it: what a worker's resume hint names."""
+    folder = workers.own_folder(config.logdir, config.strategy) if config.logdir else None
+    if config.strategy == "multi-worker" and workers.cluster()[1] != 0:
+        config = dataclasses.replace(config, export_dir=None)
+    return config, folder
 
 
 def compile_trainer(trainer: Trainer, datasets: Datasets, profiled: bool) -> float:
@@ -210,13 +217,24 @@ def _run_id(folder: Path | None) -> str | None:
     return str(folder.resolve()) if folder else None
 
 
+# What a collective raises when another worker is gone (its process died or stopped).
+PEER_LOST = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
+
+
 @contextlib.contextmanager
-def _failures_in_one_line(folder: Path | None, requests: StopRequests):
-    """A failure to write (a full, read-only or vanished folder) or to allocate memory as one
-    line that says what is kept; anything else as it is."""
+def _failures_in_one_line(folder: Path | None, requests: StopRequests, multi_worker: bool):
+    """A failure to write (a full, read-only or vanished folder), to allocate memory, or to
+    reach the other workers as one line that says what is kept; anything else as it is."""
     try:
         yield
     except (OSError, MemoryError, tf.errors.OpError) as error:
+        if multi_worker and isinstance(error, PEER_LOST):
+            raise workers.lost(error, requests.kept) from None
         why = rundir.write_failure(error)
         if why and folder:
             where = getattr(error, "filename", None) or folder

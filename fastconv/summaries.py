@@ -138,7 +138,7 @@ def _hparam(value):
 class Profiler:
     """Cuts blocks at the window's edges and records the steps inside it."""
 
-    def __init__(self, logdir: str | None, steps: tuple[int, int] | None):
+    def __init__(self, logdir: str | Path | None, steps: tuple[int, int] | None):
         self.logdir = logdir
         self.first, self.last = None, None  # the steps traced: the window and a step each side
         if steps and logdir:
@@ -164,7 +164,7 @@ class Profiler:
             yield
             return
         if not self.active:
-            tf.profiler.experimental.start(self.logdir)
+            tf.profiler.experimental.start(str(self.logdir))
             self.active = True
         with tf.profiler.experimental.Trace("train", step_num=step + 1, _r=1):
             yield

@@ -3,6 +3,7 @@ mirrored replicas equal to one device, and two workers on loopback."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,8 +21,8 @@ from helpers import (
     write_dataset,
 )
 
-from fastconv import data, machine, pipeline
-from fastconv.config import TrainConfig
+from fastconv import data, machine, pipeline, workers
+from fastconv.config import ConfigError, TrainConfig
 from fastconv.model import ConvNet
 from fastconv.pipeline import make_datasets
 from fastconv.trainer import Trainer
@@ -58,7 +59,11 @@ def test_a_missing_gpu_is_an_error_not_a_fall_back(requested, gpu_count, message
 
 
 def errors(run) -> list[str]:
-    return [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    return error_lines(run.stderr)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="this machine has one")
@@ -185,46 +190,200 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_workers_on_loopback_train_as_one_device(tmp_path):
-    """Two workers on loopback end with the weights of a one-device run over the same global
-    batches. Each worker's replicas are its local GPUs, or its CPU where it has none, so the
-    replica count follows this machine."""
-    folder = write_dataset(tmp_path / "data")
-    logdir = tmp_path / "run"
-    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    processes = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        os.environ["TF_CONFIG"] = json.dumps(tf_config)
-        try:
-            processes.append(
-                start_script(
-                    "train.py",
-                    *("--strategy", "multi-worker", "--data-dir", str(folder)),
-                    *("--logdir", str(logdir), "--epochs", "2", "--batch-size", "32"),
-                )
-            )
-        finally:
-            del os.environ["TF_CONFIG"]
-    outputs = [process.communicate(timeout=300) for process in processes]
-    replicas = 2 * (len(tf.config.list_physical_devices("GPU")) or 1)
-    for process, (stdout, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr
-        assert f"strategy: multi-worker, {replicas} replicas of {32 // replicas}" in stdout
-    # The chief writes the run folder; the other worker a folder of its own inside it.
-    chief, worker = checkpoint_values(logdir), checkpoint_values(logdir / "worker-1")
-    assert chief["step/.ATTRIBUTES/VARIABLE_VALUE"] == 2 * (480 // 32)
-    # The same global batches on one device, from the same stream the workers read: a
-    # one-device run would keep its images resident and gather them inside the step's graph,
-    # where x / 255 may round differently in the last bit, which can flip a ReLU and move the
-    # weights by ~1e-4 in 30 steps (measured on this data).
+def loopback_cluster(count: int = 2) -> list[str]:
+    return [f"127.0.0.1:{free_port()}" for _ in range(count)]
+
+
+def start_worker(workers, index, folder, logdir, *flags, **env):
+    """Starts worker `index` of the cluster `workers` with the flags, and `env` added to its
+    environment."""
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    return start_script(
+        "train.py",
+        *("--strategy", "multi-worker", "--data-dir", str(folder)),
+        *("--logdir", str(logdir), *flags),
+        env={**os.environ, "TF_CONFIG": json.dumps(tf_config), **env},
+    )
+
+
+def finished(processes, timeout=300) -> list[tuple[int, str, str]]:
+    """Each process's exit code, stdout and stderr, once all have ended; past `timeout`
+    seconds, all are killed and the test fails."""
+    try:
+        outputs = [process.communicate(timeout=timeout) for process in processes]
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+        pytest.fail(f"the workers did not end within {timeout} s")
+    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs)]
+
+
+def one_device_weights(folder, steps: int) -> tuple[list, list]:
+    """The weights of a one-device run over the global batches the workers read, and the
+    initial weights. A one-device run would keep its images resident and gather them inside
+    the step's graph, where x / 255 may round differently in the last bit, which can flip a
+    ReLU and move the weights by ~1e-4 in 30 steps (measured on this data): so the batches
+    come from the same stream the workers read."""
     config = TrainConfig(batch_size=32)  # the flags' defaults otherwise: seed, learning rate
     initial = ConvNet(config.n_kernels, config.units, seed=config.seed)
     model = ConvNet(config.n_kernels, config.units, seed=config.seed)
     one_device = Trainer(model, config.learning_rate, shards=1)
     batches = iter(make_datasets(data.book_split(data.load(folder), config), config).train())
-    one_device.train(batches, tf.constant(2 * (480 // 32)))
-    for name, one, start in zip(WEIGHT_NAMES, model.weights, initial.weights):
+    one_device.train(batches, tf.constant(steps))
+    return [w.numpy() for w in model.weights], [w.numpy() for w in initial.weights]
+
+
+STEP = "step/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def test_a_stop_asked_of_one_worker_stops_all_at_one_step_and_resume_trains_as_one_device(
+    tmp_path,
+):
+    """SIGTERM to worker 1 inside epoch 2: both workers stop at the same step with a
+    checkpoint each and exit 143, each with one line; the hint worker 1 prints, followed on
+    both, finishes the run with the weights of a one-device run over the same global
+    batches. Each worker's replicas are its local GPUs, or its CPU where it has none."""
+    folder = write_dataset(tmp_path / "data")  # 480 training images: 15 steps of 32
+    logdir = tmp_path / "run"
+    flags = ("--epochs", "2", "--batch-size", "32")
+    workers = loopback_cluster()
+    processes = [
+        start_worker(workers, 0, folder, logdir, *flags),
+        start_worker(workers, 1, folder, logdir, *flags, FASTCONV_TEST_SIGNAL="step-20:SIGTERM"),
+    ]
+    (chief_code, _, chief_err), (code, _, err) = finished(processes)
+    assert (chief_code, code) == (143, 143), chief_err + err
+    # Blocks of one step (a twentieth of an epoch): both stop right after step 20.
+    where = "in epoch 2 after step 5 of 15"
+    hint = f"resume with: python scripts/train.py --logdir {logdir} --resume"
+    assert error_lines(chief_err) == [
+        f"error: worker 1 was interrupted by SIGTERM; stopped with it {where}; saved "
+        f"{logdir / 'checkpoints' / 'ckpt-20'}; {hint}"
+    ]
+    assert error_lines(err) == [
+        f"error: interrupted by SIGTERM {where}; saved "
+        f"{logdir / 'worker-1' / 'checkpoints' / 'ckpt-20'}; {hint}"
+    ]
+    assert "Traceback" not in chief_err + err
+    assert checkpoint_values(logdir)[STEP] == checkpoint_values(logdir / "worker-1")[STEP] == 20
+
+    # Worker 1 without its last checkpoint (as if killed while writing it) would resume from
+    # another step: both refuse, naming the steps.
+    newest = sorted((logdir / "worker-1" / "checkpoints").glob("ckpt-20.*"))
+    for path in newest:
+        path.rename(tmp_path / path.name)
+    workers = loopback_cluster()  # new ports: TF_CONFIG may change between runs
+    processes = [start_worker(workers, index, folder, logdir, "--resume") for index in (0, 1)]
+    (code_0, _, err_0), (code_1, _, err_1) = finished(processes)
+    assert (code_0, code_1) == (2, 2)
+    assert error_lines(err_0) == [
+        f"error: --strategy multi-worker: --resume: this worker starts at step 20, worker 1 at "
+        f"{workers[1]} at step 15; resume every worker from the same run, or none"
+    ]
+    assert error_lines(err_1) == [
+        f"error: --strategy multi-worker: --resume: this worker starts at step 15, worker 0 at "
+        f"{workers[0]} at step 20; resume every worker from the same run, or none"
+    ]
+    for path in newest:
+        (tmp_path / path.name).rename(path)
+
+    workers = loopback_cluster()
+    processes = [start_worker(workers, index, folder, logdir, "--resume") for index in (0, 1)]
+    for code, out, err in finished(processes):
+        assert code == 0, err
+        replicas = 2 * (len(tf.config.list_physical_devices("GPU")) or 1)
+        assert f"strategy: multi-worker, {replicas} replicas of {32 // replicas}" in out
+        assert "resumed from" in out
+    one_device, initial = one_device_weights(folder, 2 * 15)
+    chief, worker = checkpoint_values(logdir), checkpoint_values(logdir / "worker-1")
+    assert chief[STEP] == worker[STEP] == 2 * 15
+    for name, one, start in zip(WEIGHT_NAMES, one_device, initial):
         key = f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE"
         for values in (chief, worker):
-            assert_trained_as_one_device(values[key], one.numpy(), start.numpy(), key)
+            assert_trained_as_one_device(values[key], one, start, key)
+
+
+@pytest.mark.parametrize(
+    "flag, chief, other", [("--batch-size", "32", "64"), ("--epochs", "2", "3")]
+)
+def test_workers_started_with_different_flags_all_refuse_naming_the_flag(
+    tmp_path, flag, chief, other
+):
+    """Refused before TensorFlow's server starts, by every worker, with exit 2; the run
+    folder is left as it was (none)."""
+    folder = write_dataset(tmp_path / "data")
+    logdir = tmp_path / "run"
+    workers = loopback_cluster()
+    processes = [
+        start_worker(workers, 0, folder, logdir, flag, chief),
+        start_worker(workers, 1, folder, logdir, flag, other),
+    ]
+    (code_0, _, err_0), (code_1, _, err_1) = finished(processes)
+    assert (code_0, code_1) == (2, 2)
+    assert error_lines(err_0) == [
+        f"error: --strategy multi-worker: {flag} {chief} here, {other} on worker 1 at "
+        f"{workers[1]}; start every worker with the same flags"
+    ]
+    assert error_lines(err_1) == [
+        f"error: --strategy multi-worker: {flag} {other} here, {chief} on worker 0 at "
+        f"{workers[0]}; start every worker with the same flags"
+    ]
+    assert "Traceback" not in err_0 + err_1
+    assert not logdir.exists()
+
+
+def test_a_worker_whose_peer_never_starts_ends_in_bounded_time_naming_it(tmp_path):
+    folder = write_dataset(tmp_path / "data")
+    workers = loopback_cluster()
+    chief = start_worker(workers, 0, folder, tmp_path / "run", FASTCONV_WORKER_TIMEOUT="2")
+    ((code, out, err),) = finished([chief], timeout=120)
+    assert code == 3, err
+    assert f"worker 0 of 2: waiting for worker 1 at {workers[1]} (up to 2 s)" in out
+    assert error_lines(err) == [
+        f"error: --strategy multi-worker: worker 1 at {workers[1]} did not answer within 2 s "
+        "(FASTCONV_WORKER_TIMEOUT); no checkpoint had been saved"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_waiting_for_a_peer_stops_the_wait(tmp_path):
+    """Sent once the wait has begun (its line printed), answered within its bounded poll."""
+    folder = write_dataset(tmp_path / "data")
+    workers = loopback_cluster()
+    chief = start_worker(workers, 0, folder, tmp_path / "run")  # waits up to 300 s
+    while not chief.stdout.readline().startswith("worker 0 of 2: waiting for worker 1"):
+        pass
+    chief.send_signal(signal.SIGINT)
+    ((code, _, err),) = finished([chief], timeout=60)
+    assert code == 130
+    assert error_lines(err) == [
+        f"error: interrupted by SIGINT while waiting for worker 1 at {workers[1]}; "
+        "no checkpoint had been saved"
+    ]
+
+
+def test_a_worker_lost_mid_run_ends_the_other_with_one_line_keeping_its_checkpoint(tmp_path):
+    folder = write_dataset(tmp_path / "data")
+    logdir = tmp_path / "run"
+    workers = loopback_cluster()
+    flags = ("--epochs", "2", "--batch-size", "32")
+    processes = [
+        start_worker(workers, 0, folder, logdir, *flags),
+        start_worker(workers, 1, folder, logdir, *flags, FASTCONV_TEST_SIGNAL="step-20:SIGKILL"),
+    ]
+    (code, _, err), (killed, _, _) = finished(processes)
+    assert (code, killed) == (3, -signal.SIGKILL), err
+    assert error_lines(err) == [
+        f"error: --strategy multi-worker: lost contact with worker 1 at {workers[1]}; the last "
+        f"good checkpoint, {logdir / 'checkpoints' / 'ckpt-15'}, is kept; resume with: python "
+        f"scripts/train.py --logdir {logdir} --resume"
+    ]
+    assert "Traceback" not in err
+    assert checkpoint_values(logdir)[STEP] == 15
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_a_worker_timeout_that_is_not_a_positive_number_is_refused(monkeypatch, value):
+    monkeypatch.setenv(workers.TIMEOUT_VARIABLE, value)
+    with pytest.raises(ConfigError, match=f"FASTCONV_WORKER_TIMEOUT={value!r} must be a positive"):
+        workers.timeout()
