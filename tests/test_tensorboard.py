@@ -120,6 +120,7 @@ def test_profile_tab_overview_has_a_step_time_row_for_each_profiled_step(run):
     assert "No step marker" not in json.dumps(tables)
 
 
+@pytest.mark.needs_avx512
 def test_profile_tab_trace_viewer_groups_each_steps_ops_under_it(run):
     logdir, _ = run
     trace = profile_tool(logdir, "trace_viewer")["traceEvents"]
