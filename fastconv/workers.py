@@ -69,6 +69,11 @@ def cluster() -> tuple[list[str], int]:
             f"--strategy multi-worker: TF_CONFIG's task {task} is not one of its "
             f"{len(workers)} workers (type worker, index 0 to {len(workers) - 1})"
         )
+    for address in workers:
+        if not re.fullmatch(r".+:\d+", str(address)):
+            raise ConfigError(
+                f"--strategy multi-worker: TF_CONFIG's worker {address!r} is not host:port"
+            )
     return workers, index
 
 
@@ -116,31 +121,35 @@ def meet(
     settings = {k: v for k, v in config.to_dict().items() if k not in OWN_SETTINGS}
     settings["start_step"] = start_step
     hello = json.dumps({"worker": index, "settings": settings}).encode()
-    deadline = time.monotonic() + timeout()
-    unsent = {k for k in range(len(workers)) if k != index}
-    heard: dict[int, dict] = {}
-    others = ", ".join(f"worker {k} at {workers[k]}" for k in sorted(unsent))
-    log(f"worker {index} of {len(workers)}: waiting for {others} (up to {timeout():g} s)")
-    with _listening(workers[index]) as listener:
-        while unsent or len(heard) < len(workers) - 1:
-            missing = sorted(unsent | (set(range(len(workers))) - set(heard) - {index}))
-            waiting_for = ", ".join(f"worker {k} at {workers[k]}" for k in missing)
+    seconds = timeout()
+    deadline = time.monotonic() + seconds
+    others = {k for k in range(len(workers)) if k != index}
+    unsent, heard = set(others), {}  # the hellos not yet sent; those received, by worker
+    waiting_for = _named(others, workers)
+    log(f"worker {index} of {len(workers)}: waiting for {waiting_for} (up to {seconds:g} s)")
+    with _listener(workers[index]) as listener:
+        while unsent or heard.keys() != others:
+            waiting_for = _named(unsent | (others - heard.keys()), workers)
             requests.check(f"while waiting for {waiting_for}")
             if time.monotonic() > deadline:
                 raise WorkersLost(
                     f"--strategy multi-worker: {waiting_for} did not answer within "
-                    f"{timeout():g} s ({TIMEOUT_VARIABLE}); {requests.kept}"
+                    f"{seconds:g} s ({TIMEOUT_VARIABLE}); {requests.kept}"
                 )
             for k in sorted(unsent):
                 if _send(workers[k], hello):
                     unsent.discard(k)
             message = _receive(listener, len(workers))
-            if message is not None and message["worker"] != index:
+            if message is not None and message["worker"] in others:
                 heard[message["worker"]] = message["settings"]
     for k, theirs in sorted(heard.items()):
         for name, value in settings.items():
             if theirs.get(name) != value:
                 raise ConfigError(_mismatch(name, value, theirs.get(name), k, workers[k]))
+
+
+def _named(indices, workers: list[str]) -> str:
+    return ", ".join(f"worker {k} at {workers[k]}" for k in sorted(indices))
 
 
 def _mismatch(name: str, ours, theirs, k: int, address: str) -> str:
@@ -155,33 +164,22 @@ def _mismatch(name: str, ours, theirs, k: int, address: str) -> str:
     )
 
 
-class _listening:
-    """A listening socket on the port of this worker's TF_CONFIG address, on every interface
-    (as TensorFlow's server will listen there)."""
-
-    def __init__(self, address: str):
-        self.address = address
-
-    def __enter__(self) -> socket.socket:
-        port = int(self.address.rpartition(":")[2])
-        try:
-            if socket.has_dualstack_ipv6():
-                server = socket.create_server(
-                    ("", port), family=socket.AF_INET6, dualstack_ipv6=True
-                )
-            else:
-                server = socket.create_server(("", port))
-        except OSError as error:
-            raise ConfigError(
-                f"--strategy multi-worker: cannot listen on {self.address}, this worker's "
-                f"address in TF_CONFIG ({error.strerror or error})"
-            ) from None
-        server.settimeout(0.2)  # how often the wait looks at stop requests and the clock
-        self.server = server
-        return server
-
-    def __exit__(self, *exc_info) -> None:
-        self.server.close()
+def _listener(address: str) -> socket.socket:
+    """A socket listening on the port of this worker's TF_CONFIG address, on every interface
+    (as TensorFlow's server will)."""
+    port = int(address.rpartition(":")[2])
+    try:
+        if socket.has_dualstack_ipv6():
+            server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        else:
+            server = socket.create_server(("", port))
+    except OSError as error:
+        raise ConfigError(
+            f"--strategy multi-worker: cannot listen on {address}, this worker's address in "
+            f"TF_CONFIG ({error.strerror or error})"
+        ) from None
+    server.settimeout(0.2)  # how often the wait looks at stop requests and the clock
+    return server
 
 
 def _send(address: str, hello: bytes) -> bool:

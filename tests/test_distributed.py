@@ -389,3 +389,13 @@ def test_a_worker_timeout_that_is_not_a_positive_number_is_refused(monkeypatch, 
     monkeypatch.setenv(workers.TIMEOUT_VARIABLE, value)
     with pytest.raises(ConfigError, match=f"FASTCONV_WORKER_TIMEOUT={value!r} must be a positive"):
         workers.timeout()
+
+
+def test_a_worker_address_without_a_port_is_refused(monkeypatch):
+    tf_config = {
+        "cluster": {"worker": ["127.0.0.1:1", "b.example"]},
+        "task": {"type": "worker", "index": 0},
+    }
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    with pytest.raises(ConfigError, match=r"TF_CONFIG's worker 'b\.example' is not host:port"):
+        workers.cluster()
