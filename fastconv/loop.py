@@ -79,7 +79,7 @@ class RunLoop:
         log: Callable[[str], None],
         live: bool,
         folder: Path | None = None,
-        agree: Callable[[StopRequests], None] | None = None,
+        agree: Callable[[StopRequests], tuple[tuple[int, str] | None, bool]] | None = None,
     ):
         self.config, self.trainer, self.datasets, self.state = config, trainer, datasets, state
         self.checkpoints, self.summaries, self.log = checkpoints, summaries, log
@@ -183,17 +183,19 @@ class RunLoop:
     def answer(self) -> None:
         """Saves on SIGUSR1; saves and stops on SIGINT or SIGTERM (of any worker)."""
         requests = self.requests
-        if self.agree:
-            self.agree(requests)
-        if requests.save_requested and not self.saved:
-            self.save()
-            self.log(f"saved {self.checkpoint} (SIGUSR1)")
-        requests.save_requested = False
-        if requests.stop is None:
+        stop, save = (
+            self.agree(requests) if self.agree else (requests.stop, requests.save_requested)
+        )
+        if save:
+            if not self.saved:
+                self.save()
+                self.log(f"saved {self.checkpoint} (SIGUSR1)")
+            requests.save_requested = False
+        if stop is None:
             return
         if not self.saved:
             self.save()
-        exit_code, cause = requests.stop
+        exit_code, cause = stop
         message = f"{cause} {_position(self.trainer.steps_done, self.steps_per_epoch)}"
         if self.checkpoint:
             message += f"; saved {self.checkpoint}; {resume_hint(self.config.logdir)}"

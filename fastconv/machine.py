@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -149,13 +150,16 @@ def prepare_gpus() -> list:
     return gpus
 
 
-def make_strategy(name: str, on_gpu: bool) -> tf.distribute.Strategy | None:
+def make_strategy(
+    name: str, on_gpu: bool, meet: Callable[[], None] | None = None
+) -> tf.distribute.Strategy | None:
     """The tf.distribute strategy of `--strategy`; None for "none" (one device, no wrapper).
 
     "mirrored" replicates over the machine's GPUs when the run is on a GPU, else over its
     (logical) CPUs; "multi-worker" over the workers that TF_CONFIG lists, as TensorFlow
     documents: {"cluster": {"worker": ["host1:port", ...]}, "task": {"type": "worker",
-    "index": i}}.
+    "index": i}}. `meet` runs right before TensorFlow's server starts (`fastconv.workers`):
+    once it starts, it waits for the others where nothing can interrupt it.
     """
     if name == "none":
         return None
@@ -165,4 +169,6 @@ def make_strategy(name: str, on_gpu: bool) -> tf.distribute.Strategy | None:
             [d.name for d in tf.config.list_logical_devices(kind)]
         )
     workers.cluster()  # TF_CONFIG checked, so that TensorFlow's own errors never reach the user
+    if meet:
+        meet()
     return tf.distribute.MultiWorkerMirroredStrategy()

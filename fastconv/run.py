@@ -10,7 +10,7 @@ Each piece it calls lives in a module of its own (`rundir`, `runtime`, `pipeline
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,8 +51,11 @@ def train_and_evaluate(
     SIGTERM, and a line `log` cannot write, are answered in every phase with
     `fastconv.interruption.Interrupted`.
     """
-    config, own_folder = per_worker(config)
     multi_worker = config.strategy == "multi-worker"
+    own_folder = workers.own_folder(config.logdir, config.strategy) if config.logdir else None
+    # Only the chief exports; the others keep --export all the same, so that every worker
+    # decides alike whether a finished run has something left to do.
+    exports = config.export_dir and not (multi_worker and workers.cluster()[1] != 0)
     if not isinstance(dataset, data.BookSplit):
         dataset = data.book_split(dataset or data.load(config.data_dir), config)
     split = dataset
@@ -64,12 +67,16 @@ def train_and_evaluate(
         log = requests.guarded(log)  # output that cannot be written stops the run, saved
         faults.reached("start-up")
         start = starting_point(config, folder, steps_per_epoch, resume)
-        if config.export_dir:
+        if exports:
             export.check_target(config.export_dir, _run_id(folder))
+        if start:
+            requests.kept = kept(start.path, config.logdir)
         recorded, notes = runtime.recorded_settings(folder, config) if start else (None, [])
-        if multi_worker:  # before TensorFlow's server starts, which Ctrl-C cannot interrupt
-            workers.meet(config, start.step if start else 0, requests, log)
-        placement = runtime.set_up(config, recorded)
+        meet = None
+        if multi_worker:  # the workers meet after every check of this machine's
+            step = start.step if start else 0
+            meet = functools.partial(workers.meet, config, step, requests, log)
+        placement = runtime.set_up(config, recorded, meet)
         requests.reclaim()  # from TensorFlow's distributed runtime, which takes SIGTERM
         for line in (*(start.notes if start else ()), f"device: {placement.description}"):
             log(line)
@@ -104,7 +111,6 @@ def train_and_evaluate(
         if start:
             state = LoopState.from_json(saved.restore(start))
             log(f"resumed from {start.path} (step {trainer.steps_done})")
-            requests.kept = kept(start.path, config.logdir)
         if folder:
             rundir.require_space(folder, saved.bytes_needed())
             # The event files come after the last refusal; the compiled loop writes the step
@@ -169,7 +175,7 @@ def train_and_evaluate(
         results = f"; its results are in {folder}" if folder else ""
         requests.check(f"during the final evaluation{results}")
 
-        if config.export_dir:
+        if exports:
             faults.reached("export")
 
             def answer_stop() -> None:  # before the export takes its folder's place
@@ -180,17 +186,6 @@ def train_and_evaluate(
             )
             log(f"exported the model to {config.export_dir}")
         return result
-
-
-def per_worker(config: TrainConfig) -> tuple[TrainConfig, Path | None]:
-    """This worker's configuration and run folder: workers other than the chief of a
-    multi-worker run get a folder of their own (`<logdir>/worker-N`) and no export, so they
-    never write over the chief's files. `config.logdir` stays the run's, as the user gave
-    it: what a worker's resume hint names."""
-    folder = workers.own_folder(config.logdir, config.strategy) if config.logdir else None
-    if config.strategy == "multi-worker" and workers.cluster()[1] != 0:
-        config = dataclasses.replace(config, export_dir=None)
-    return config, folder
 
 
 def compile_trainer(trainer: Trainer, datasets: Datasets, profiled: bool) -> float:

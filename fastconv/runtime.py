@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -214,19 +215,21 @@ class Placement:
 RECORDED = ("shards", "threads", "precision", "conv_form")
 
 
-def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
+def place(
+    config: TrainConfig, recorded: dict | None = None, meet: Callable[[], None] | None = None
+) -> Placement:
     """Resolves what `config` leaves to the machine: the device, the strategy, shards,
     threads, precision and conv form. For a resumed run, `recorded` (valid settings of
     `RECORDED` and the replicas, as the run resolved them when it started) replaces the
     machine's choice, and a note says what differs. Listing and configuring the GPUs runs
-    no op, so the threads can still be set after (`set_up`)."""
+    no op, so the threads can still be set after (`set_up`). `meet`: see `make_strategy`."""
     gpus = prepare_gpus()
     device = resolve_device(config.device, len(gpus))
     description = device_description(device, gpus)
     on_gpu = description.kind == "GPU"
     if not on_gpu:
         require_memory(config)
-    strategy = make_strategy(config.strategy, on_gpu)
+    strategy = make_strategy(config.strategy, on_gpu, meet)
     if strategy and config.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError.invalid(
             "batch_size",
@@ -290,10 +293,12 @@ def place(config: TrainConfig, recorded: dict | None = None) -> Placement:
     )
 
 
-def set_up(config: TrainConfig, recorded: dict | None = None) -> Placement:
+def set_up(
+    config: TrainConfig, recorded: dict | None = None, meet: Callable[[], None] | None = None
+) -> Placement:
     """`place`, then the process set up as it says: threads, TensorFlow's op determinism
     (an error for an op that cannot be), and Python's, NumPy's and TensorFlow's seeds."""
-    placement = place(config, recorded)
+    placement = place(config, recorded, meet)
     if not set_threads(placement.threads):  # only possible before TensorFlow's first op
         note = f"note: TensorFlow already started; keeping its threads, not {placement.threads}"
         placement = dataclasses.replace(placement, notes=(*placement.notes, note))

@@ -120,14 +120,15 @@ def meet(
     workers, index = cluster()
     settings = {k: v for k, v in config.to_dict().items() if k not in OWN_SETTINGS}
     settings["start_step"] = start_step
+    settings["cluster"] = workers  # TF_CONFIG's list: the same on every worker
     hello = json.dumps({"worker": index, "settings": settings}).encode()
     seconds = timeout()
     deadline = time.monotonic() + seconds
     others = {k for k in range(len(workers)) if k != index}
     unsent, heard = set(others), {}  # the hellos not yet sent; those received, by worker
-    waiting_for = _named(others, workers)
-    log(f"worker {index} of {len(workers)}: waiting for {waiting_for} (up to {seconds:g} s)")
     with _listener(workers[index]) as listener:
+        waiting_for = _named(others, workers)
+        log(f"worker {index} of {len(workers)}: waiting for {waiting_for} (up to {seconds:g} s)")
         while unsent or heard.keys() != others:
             waiting_for = _named(unsent | (others - heard.keys()), workers)
             requests.check(f"while waiting for {waiting_for}")
@@ -146,6 +147,7 @@ def meet(
         for name, value in settings.items():
             if theirs.get(name) != value:
                 raise ConfigError(_mismatch(name, value, theirs.get(name), k, workers[k]))
+    log(f"worker {index} of {len(workers)}: all workers met; starting TensorFlow's server")
 
 
 def _named(indices, workers: list[str]) -> str:
@@ -153,6 +155,11 @@ def _named(indices, workers: list[str]) -> str:
 
 
 def _mismatch(name: str, ours, theirs, k: int, address: str) -> str:
+    if name == "cluster":
+        return (
+            f"--strategy multi-worker: TF_CONFIG lists the workers {ours} here, {theirs} on "
+            f"worker {k} at {address}; give every worker the same list"
+        )
     if name == "start_step":
         return (
             f"--strategy multi-worker: --resume: this worker starts at step {ours}, worker {k} "
@@ -174,9 +181,10 @@ def _listener(address: str) -> socket.socket:
         else:
             server = socket.create_server(("", port))
     except OSError as error:
+        why = os.strerror(error.errno) if error.errno else str(error)
         raise ConfigError(
             f"--strategy multi-worker: cannot listen on {address}, this worker's address in "
-            f"TF_CONFIG ({error.strerror or error})"
+            f"TF_CONFIG ({why}; is another worker started with the same index?)"
         ) from None
     server.settimeout(0.2)  # how often the wait looks at stop requests and the clock
     return server
@@ -214,10 +222,12 @@ def _receive(listener: socket.socket, n_workers: int) -> dict | None:
     return message if type(worker) is int and 0 <= worker < n_workers else None
 
 
-def agreement(strategy) -> Callable[[StopRequests], None]:
-    """A function that makes this worker's stop and checkpoint requests the cluster's:
-    every worker calls it at the same answering point, with one collective among them.
-    A stop that another worker was asked for becomes this worker's, with its exit code."""
+def agreement(strategy) -> Callable[[StopRequests], tuple[tuple[int, str] | None, bool]]:
+    """A function that turns this worker's stop and checkpoint requests into the cluster's
+    decision, (the stop: its exit code and cause, or None; whether to save): every worker
+    calls it at the same answering point, with one collective among them, and decides alike
+    from what they all sent. A stop another worker was asked for is this worker's too; one
+    that arrives here after the collective waits for the next."""
     import tensorflow as tf  # here: the command line reads this module before TensorFlow
 
     n_workers = len(cluster()[0])
@@ -229,15 +239,16 @@ def agreement(strategy) -> Callable[[StopRequests], None]:
 
         return strategy.experimental_local_results(strategy.run(share, args=(asked,)))[0]
 
-    def agree(requests: StopRequests) -> None:
-        asked = [requests.stop[0] if requests.stop else 0, int(requests.save_requested)]
+    def agree(requests: StopRequests) -> tuple[tuple[int, str] | None, bool]:
+        stop = requests.stop  # what this worker sends: the decision may not see a later one
+        asked = [stop[0] if stop else 0, int(requests.save_requested)]
         rows = gather(tf.constant(asked, tf.int32)).numpy()
         per_worker = rows.reshape(n_workers, -1, 2)[:, 0]  # its replicas share its row
-        requests.save_requested = bool(per_worker[:, 1].any())
-        stopping = [k for k in range(n_workers) if per_worker[k, 0]]
-        if requests.stop is None and stopping:
+        save = bool(per_worker[:, 1].any())
+        if stop is None and (stopping := [k for k in range(n_workers) if per_worker[k, 0]]):
             k = stopping[0]
             code = int(per_worker[k, 0])
-            requests.stop = (code, f"worker {k} {describe_stop(code)}; stopped with it")
+            stop = (code, f"worker {k} {describe_stop(code)}; stopped with it")
+        return stop, save
 
     return agree

@@ -23,6 +23,7 @@ from helpers import (
 
 from fastconv import data, machine, pipeline, workers
 from fastconv.config import ConfigError, TrainConfig
+from fastconv.interruption import StopRequests
 from fastconv.model import ConvNet
 from fastconv.pipeline import make_datasets
 from fastconv.trainer import Trainer
@@ -399,3 +400,48 @@ def test_a_worker_address_without_a_port_is_refused(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     with pytest.raises(ConfigError, match=r"TF_CONFIG's worker 'b\.example' is not host:port"):
         workers.cluster()
+
+
+def test_workers_whose_tf_config_lists_differ_do_not_start_tensorflow(tmp_path):
+    """Worker 0 hears worker 1 and refuses its other list (exit 2) rather than start a server
+    that would wait for a worker that is not coming; worker 1 waits for its worker 2 in vain
+    (exit 3)."""
+    folder = write_dataset(tmp_path / "data")
+    workers = loopback_cluster(3)
+    processes = [
+        start_worker(workers[:2], 0, folder, tmp_path / "run"),
+        start_worker(workers, 1, folder, tmp_path / "run", FASTCONV_WORKER_TIMEOUT="3"),
+    ]
+    (code_0, _, err_0), (code_1, _, err_1) = finished(processes, timeout=120)
+    assert (code_0, code_1) == (2, 3), err_0 + err_1
+    assert error_lines(err_0) == [
+        f"error: --strategy multi-worker: TF_CONFIG lists the workers {workers[:2]} here, "
+        f"{workers} on worker 1 at {workers[1]}; give every worker the same list"
+    ]
+    assert f"worker 2 at {workers[2]} did not answer within 3 s" in error_lines(err_1)[0]
+
+
+class LateStop(StopRequests):
+    """Stop requests whose stop arrives while the collective runs: after the first look."""
+
+    looks = 0
+
+    @property
+    def stop(self):
+        self.looks += 1
+        return None if self.looks == 1 else (143, "interrupted by SIGTERM")
+
+    @stop.setter
+    def stop(self, value):
+        pass
+
+
+def test_a_stop_that_arrives_during_the_agreement_waits_for_the_next(monkeypatch):
+    """The decision is made from what every worker sent alone, so all decide alike; the late
+    stop stays asked for, and the next agreement stops every worker."""
+    tf_config = {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    agree = workers.agreement(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    requests = LateStop()
+    assert agree(requests) == (None, False)
+    assert agree(requests) == ((143, "interrupted by SIGTERM"), False)
