@@ -55,7 +55,7 @@ def train_and_evaluate(
     own_folder = workers.own_folder(config.logdir, config.strategy) if config.logdir else None
     # Only the chief exports; the others keep --export all the same, so that every worker
     # decides alike whether a finished run has something left to do.
-    exports = config.export_dir and not (multi_worker and workers.cluster()[1] != 0)
+    exports = bool(config.export_dir) and not (multi_worker and workers.cluster()[1] != 0)
     if not isinstance(dataset, data.BookSplit):
         dataset = data.book_split(dataset or data.load(config.data_dir), config)
     split = dataset
