@@ -114,7 +114,8 @@ def meet(
     """Waits until every other worker of TF_CONFIG has said hello, and compares settings.
 
     Raises ConfigError for a port this worker cannot listen on, or naming the first flag
-    (or the starting step, for `--resume`) in which a worker differs from this one;
+    (or the starting step, for `--resume`, or TF_CONFIG's list of workers) in which a worker
+    differs from this one;
     WorkersLost when some did not answer within `timeout()`; Interrupted on a stop request.
     """
     workers, index = cluster()
