@@ -231,11 +231,8 @@ def place(
         require_memory(config)
     strategy = make_strategy(config.strategy, on_gpu, meet)
     if strategy and config.batch_size % strategy.num_replicas_in_sync:
-        raise ConfigError.invalid(
-            "batch_size",
-            config.batch_size,
-            f"does not split evenly across {strategy.num_replicas_in_sync} replicas",
-        )
+        uneven = f"does not split evenly across {strategy.num_replicas_in_sync} replicas"
+        raise ConfigError.invalid("batch_size", config.batch_size, uneven)
     shards = 1 if strategy else config.shards or auto_shards(config.batch_size, on_gpu)
     conv_form = fastest_conv_form(config.xla, on_gpu)
     machine = {
@@ -293,9 +290,7 @@ def place(
     )
 
 
-def set_up(
-    config: TrainConfig, recorded: dict | None = None, meet: Callable[[], None] | None = None
-) -> Placement:
+def set_up(config: TrainConfig, recorded: dict | None, meet: Callable | None) -> Placement:
     """`place`, then the process set up as it says: threads, TensorFlow's op determinism
     (an error for an op that cannot be), and Python's, NumPy's and TensorFlow's seeds."""
     placement = place(config, recorded, meet)
