@@ -13,31 +13,46 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <cstring>
 #include <thread>
 #include <vector>
 
-#ifndef __AVX512F__
-#error "the FMA peak is measured with AVX-512 (-march=native found none)"
+// The widest FMA the CPU has: AVX-512's, else AVX2's (bench/peers.py asks for one of them).
+#if defined(__AVX512F__)
+typedef __m512 Vector;
+constexpr int LANES = 16;  // float32 lanes of a 512-bit register
+inline Vector broadcast(float x) { return _mm512_set1_ps(x); }
+inline Vector fma(Vector a, Vector b, Vector c) { return _mm512_fmadd_ps(a, b, c); }
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 Vector;
+constexpr int LANES = 8;  // float32 lanes of a 256-bit register
+inline Vector broadcast(float x) { return _mm256_set1_ps(x); }
+inline Vector fma(Vector a, Vector b, Vector c) { return _mm256_fmadd_ps(a, b, c); }
+#else
+#error "the FMA peak is measured with AVX-512 or AVX2 and FMA (-march=native found neither)"
 #endif
 
 namespace {
 
 constexpr int CHAINS = 12;
-constexpr int LANES = 16;  // float32 lanes of a 512-bit register
 
 float chains(long iterations) {
   // a <- a * b + c converges to c / (1 - b): the values stay normal floats (denormals would
   // slow some cores down) however many iterations run.
-  const __m512 b = _mm512_set1_ps(0.999f);
-  const __m512 c = _mm512_set1_ps(0.001f);
-  __m512 a[CHAINS];
-  for (int i = 0; i < CHAINS; ++i) a[i] = _mm512_set1_ps(static_cast<float>(i));
+  const Vector b = broadcast(0.999f);
+  const Vector c = broadcast(0.001f);
+  Vector a[CHAINS];
+  for (int i = 0; i < CHAINS; ++i) a[i] = broadcast(static_cast<float>(i));
   for (long n = 0; n < iterations; ++n) {
-    for (int i = 0; i < CHAINS; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+    for (int i = 0; i < CHAINS; ++i) a[i] = fma(a[i], b, c);
   }
-  __m512 sum = a[0];
-  for (int i = 1; i < CHAINS; ++i) sum = _mm512_add_ps(sum, a[i]);
-  return _mm512_reduce_add_ps(sum);
+  float sum = 0.0f;
+  for (int i = 0; i < CHAINS; ++i) {
+    float lanes[LANES];
+    std::memcpy(lanes, &a[i], sizeof(lanes));
+    for (float lane : lanes) sum += lane;
+  }
+  return sum;
 }
 
 std::vector<int> allowed_cpus() {

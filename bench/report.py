@@ -77,7 +77,7 @@ def configuration(row: dict) -> str:
 
 
 def format_table(rows: list[dict], machine: dict) -> str:
-    # A peer that cannot run on this machine (the FMA peak without AVX-512) left a reason,
+    # A peer that cannot run on this machine (the FMA peak without FMA units) left a reason,
     # no rounds.
     unavailable = {r["peer"]: r["unavailable"] for r in rows if "unavailable" in r}
     rows = combined([r for r in rows if "unavailable" not in r])

@@ -144,7 +144,7 @@ def conv_relu_pool_batch_channels(images, conv_w, conv_b):
     come back with the images in columns, (14*14*K, B).
 
     With one input channel and ten kernels, a plain conv keeps a minor dimension of 10 that
-    fills AVX-512's 16 lanes badly. Here the batch becomes the channels: K copies of the B
+    fills 8- or 16-lane vectors badly. Here the batch becomes the channels: K copies of the B
     images side by side make one image (1, 28, 28, K*B), and a depthwise conv gives channel
     k*B + b the kernel k, so the long dimension is minor; the pool follows, then bias and ReLU
     as above. Kernel-major channels put the pooled features in the book's (h, w, k) order down

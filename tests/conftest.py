@@ -9,19 +9,20 @@ from fastconv import data
 
 
 def pytest_collection_modifyitems(config, items):
-    """On a CPU without AVX-512, where fastconv's fused op cannot run (and the run uses
-    TensorFlow's own ops), the tests of the op are skipped: those marked needs_avx512, and
+    """On a CPU without AVX2 and FMA, where fastconv's fused op cannot run (and the run uses
+    TensorFlow's own ops), the tests of the op are skipped: those marked needs_fused_op, and
     those parametrized with a conv form that calls it (a form with a stock twin). Everywhere
     else they run, and a missing op there is a failure."""
     from fastconv.machine import cpu_flags
     from fastconv.model import CONV_FORMS
+    from fastconv.native import VECTOR_UNITS
 
-    if "avx512f" in cpu_flags():
+    if VECTOR_UNITS.issubset(cpu_flags()):
         return
-    skip = pytest.mark.skip(reason="fastconv's fused op needs an AVX-512 CPU; this one has none")
+    skip = pytest.mark.skip(reason="fastconv's fused op needs AVX2 and FMA; this CPU lacks them")
     for item in items:
         form = getattr(item, "callspec", None) and item.callspec.params.get("conv_form")
-        if item.get_closest_marker("needs_avx512") or (form and CONV_FORMS[form].stock):
+        if item.get_closest_marker("needs_fused_op") or (form and CONV_FORMS[form].stock):
             item.add_marker(skip)
 
 

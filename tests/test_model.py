@@ -153,7 +153,7 @@ def flat_regions(rng, count):
     return images
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("pixels", ["random", "flat regions"])
 def test_conv_relu_pool_forms_equal_the_books_order_in_values_and_gradients(jit_compile, pixels):

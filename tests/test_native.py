@@ -15,7 +15,7 @@ from fastconv.model import ConvNet, conv_relu_pool_nn
 from fastconv.trainer import Trainer
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 @pytest.mark.parametrize("batch", [1, 16, 37, 40, 128])
 def test_fused_op_equals_tensorflows_ops_on_real_images(fashion_mnist, batch):
     """Values and kernel, bias and image gradients, for batches that fill whole blocks of 16
@@ -72,7 +72,7 @@ def dyadic(values: np.ndarray, step: float) -> np.ndarray:
     return (np.round(values / step) * step).astype(np.float32)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_the_fused_op_on_1_to_4_threads_equals_float64_tensorflow(tmp_path):
     """Forward and backward on a batch big enough that the op's threads run at once, each on
     its own blocks and into its own partial sums of the gradient, added up after.
@@ -111,7 +111,7 @@ def test_the_fused_op_on_1_to_4_threads_equals_float64_tensorflow(tmp_path):
             np.testing.assert_array_equal(actual[name], value.numpy(), err_msg=(threads, name))
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_bad_shapes_are_errors_naming_the_shape():
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be .*\[4,27,28,1\]"):
         native.conv_relu_pool(tf.zeros([4, 27, 28, 1]), tf.zeros([3, 3, 1, 10]), tf.zeros([10]))
@@ -127,7 +127,7 @@ def empty_cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "fastconv" / "native"
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_build_compiles_once_into_the_cache_then_reuses_it(empty_cache, monkeypatch):
     library = native.build()
     assert library.parent.parent == empty_cache and library.name == native.LIBRARY
@@ -143,7 +143,7 @@ def test_build_compiles_once_into_the_cache_then_reuses_it(empty_cache, monkeypa
     assert native.build() == library and library.stat().st_mtime_ns == built
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_a_failed_compile_names_the_error_and_leaves_nothing(empty_cache, monkeypatch):
     compile_command = native.compile_command
     monkeypatch.setattr(
@@ -159,9 +159,9 @@ def test_a_failed_compile_names_the_error_and_leaves_nothing(empty_cache, monkey
     assert not list(empty_cache.glob("*/tmp*"))  # no partial library left behind
 
 
-def test_a_cpu_without_avx512_is_told_so_and_nothing_is_built(empty_cache, monkeypatch):
-    monkeypatch.setattr(native, "cpu_flags", lambda: {"sse4_2", "avx2", "fma"})
-    with pytest.raises(native.NativeUnavailable, match=r"^this CPU has no AVX-512"):
+def test_a_cpu_without_avx2_is_told_so_and_nothing_is_built(empty_cache, monkeypatch):
+    monkeypatch.setattr(native, "cpu_flags", lambda: {"sse4_2", "avx", "fma"})
+    with pytest.raises(native.NativeUnavailable, match=r"^this CPU has no AVX2 and FMA"):
         native.build()
     assert not empty_cache.exists()
 
@@ -179,7 +179,7 @@ def test_a_cxx_that_is_not_there_is_said_not_passed_over(monkeypatch):
         native.compiler()
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_a_failed_compile_is_remembered_until_a_retry(empty_cache, monkeypatch):
     compile_command, compiles = native.compile_command, []
 
@@ -220,7 +220,7 @@ DAMAGE = {
 }
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_cached_library_is_built_again_once_with_one_line(
     built_library, empty_cache, monkeypatch, capsys, damage
@@ -246,7 +246,7 @@ def test_a_damaged_cached_library_is_built_again_once_with_one_line(
     assert not list(library.parent.glob("tmp*"))
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_a_truncated_cached_library_no_longer_kills_the_build_step(tmp_path):
     """The issue's case end to end: the first 30,000 bytes of a built library at its cache
     key; `python -m fastconv.native` (and so a run) builds it again instead of dying."""
@@ -263,7 +263,7 @@ def test_a_truncated_cached_library_no_longer_kills_the_build_step(tmp_path):
 
 @pytest.mark.parametrize(
     "switch, code, said",
-    [pytest.param("1", 0, "ready in", marks=pytest.mark.needs_avx512), ("0", 1, "turned off")],
+    [pytest.param("1", 0, "ready in", marks=pytest.mark.needs_fused_op), ("0", 1, "turned off")],
 )
 def test_python_m_fastconv_native_says_whether_the_op_is_ready(switch, code, said):
     """What scripts/setup.sh runs: the cached library found (or built), or why not."""
@@ -295,7 +295,7 @@ def test_turned_off_a_run_trains_with_tensorflows_ops_and_says_so(tmp_path):
     assert environment["placement"]["conv_form"] == "batch_channels"
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_path):
     """The SavedModel of a trainer on the fused op holds TensorFlow's ops only: a process
     that never loads fastconv's library reads it and predicts what the trainer does."""
@@ -325,7 +325,7 @@ def test_an_exported_model_loads_and_predicts_without_the_op(fashion_mnist, tmp_
     np.testing.assert_allclose(np.load(tmp_path / "loaded.npy"), expected, atol=1e-5)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_an_exported_model_with_a_nan_weight_predicts_nan_as_the_trainer_does(tmp_path):
     """The export computes the fused op's function with TensorFlow's ops, whose pool passes
     over a NaN; it must pool to NaN as the op does (`fastconv.model.nan_where_nan`), or a
@@ -342,7 +342,7 @@ def test_an_exported_model_with_a_nan_weight_predicts_nan_as_the_trainer_does(tm
     assert np.isnan(classify(images=tf.constant(images))["probabilities"].numpy()).all()
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 @pytest.mark.parametrize("level", ["1", "2"])
 def test_building_the_op_prints_its_own_lines_alone(level):
     """`python -m fastconv.native` (scripts/setup.sh's step) in an environment that lets

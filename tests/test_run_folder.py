@@ -263,7 +263,7 @@ def test_settings_the_machine_cannot_honour_are_said_before_any_work(finished, t
     assert max(warnings) < first_work
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_a_run_on_the_fused_op_resumed_with_xla_is_told_and_uses_xlas_form(tmp_path):
     """XLA cannot compile fastconv's TensorFlow op: the recorded form is one this run cannot
     honour; it takes the same kernel as custom calls."""
@@ -291,7 +291,7 @@ def test_a_run_on_the_fused_op_resumed_with_xla_is_told_and_uses_xlas_form(tmp_p
     assert graph_mode["threads"] == (1, 2)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_a_run_resumed_under_xla_and_back_goes_on_with_the_kernel_of_each_engine(
     data_dir, tmp_path, capsys
 ):

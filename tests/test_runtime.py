@@ -28,7 +28,7 @@ def test_two_shards_on_a_multicore_cpu_when_the_batch_splits(cores):
     assert runtime.auto_shards(128, on_gpu=False) == 1
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_the_conv_form_suits_the_engine():
     assert native.unavailable() is None  # the suite's machine builds the fused op
     assert fastest_conv_form(xla=False, on_gpu=False) == "fused"
@@ -77,7 +77,7 @@ def test_xla_in_bfloat16_on_a_cpu_is_told_that_graph_mode_trains_faster(machine)
     assert note not in runtime.place(TrainConfig(precision="mixed_bfloat16")).notes
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_xla_shards_share_every_core_for_the_window_patches_compiled_parts(machine):
     # XLA's runtime hands that form's parallel parts to the intra-op pool the shards share;
     # the custom calls of fastconv's kernel take one core per shard, as the op does.
@@ -110,7 +110,7 @@ def machine(monkeypatch, cores):
     return set_machine
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_place_resolves_a_cpu_run_once(machine):
     machine(core_count=2, gpus=0)
     placement = runtime.place(TrainConfig(precision="auto"))
@@ -125,7 +125,7 @@ def test_place_resolves_a_cpu_run_once(machine):
         placement.shards = 1
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_place_follows_the_gpu_and_device_cpu_overrides_it(machine):
     machine(core_count=16, gpus=2)
     on_gpu = runtime.place(TrainConfig(precision="auto", device="gpu:1"))
@@ -145,7 +145,7 @@ def test_place_follows_the_gpu_and_device_cpu_overrides_it(machine):
     assert on_cpu.conv_form == "fused"
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_place_warns_of_float16_on_a_cpu_and_refuses_a_missing_gpu(machine):
     machine(core_count=2, gpus=0)
     placement = runtime.place(TrainConfig(precision="mixed_float16"))

@@ -120,7 +120,6 @@ def test_profile_tab_overview_has_a_step_time_row_for_each_profiled_step(run):
     assert "No step marker" not in json.dumps(tables)
 
 
-@pytest.mark.needs_avx512
 def test_profile_tab_trace_viewer_groups_each_steps_ops_under_it(run):
     logdir, _ = run
     trace = profile_tool(logdir, "trace_viewer")["traceEvents"]
@@ -135,7 +134,10 @@ def test_profile_tab_trace_viewer_groups_each_steps_ops_under_it(run):
         ops_by_group.setdefault(group, set()).add(event.get("name"))
     for step in range(PROFILED[0], PROFILED[1] + 1):
         ops = ops_by_group[step_groups[step]]
-        assert {"SoftmaxCrossEntropyWithLogits", "_MklMatMul"} <= ops, (step, ops)
+        # The dense layers' matmul is "_MklMatMul" where TensorFlow turns oneDNN on (CPUs
+        # with AVX-512), "MatMul" elsewhere.
+        assert "SoftmaxCrossEntropyWithLogits" in ops, (step, ops)
+        assert ops & {"MatMul", "_MklMatMul"}, (step, ops)
 
 
 def test_profiler_cuts_blocks_at_the_window():

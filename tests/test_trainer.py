@@ -47,7 +47,7 @@ def test_xla_and_graph_steps_agree_to_float32_rounding():
     assert_steps_agree(graph, xla, images, targets)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 @pytest.mark.parametrize("batch_size", [1, 7, 128, 129, 513])
 def test_the_xla_run_steps_as_the_graph_run_with_fastconvs_kernel_as_custom_calls(batch_size):
     """The trainers a CPU run makes with and without --xla: the same steps to float32

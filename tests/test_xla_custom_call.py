@@ -45,7 +45,7 @@ def layer_inputs(images, seed, bias=0.1):
     return [tf.constant(v, tf.float32) for v in (images, conv_w, conv_b, upstream)]
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 @pytest.mark.parametrize("batch", [1, 7, 128, 129, 513])
 def test_custom_calls_equal_the_fused_op_and_float64_on_real_images(fashion_mnist, batch):
     """Batches of part of a block of 16 lanes (1, 7), whole blocks (128), a block and one
@@ -64,7 +64,7 @@ def test_custom_calls_equal_the_fused_op_and_float64_on_real_images(fashion_mnis
         np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_ties_go_to_the_first_position_as_in_the_fused_op():
     """Kernels with only their centre tap, on images whose 2x2 windows are flat, make the
     four convs of every window equal while the four 3x3 patches under them differ: the
@@ -82,7 +82,7 @@ def test_ties_go_to_the_first_position_as_in_the_fused_op():
         np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_a_nan_pixel_gives_nan_where_the_fused_op_does():
     """A diverging run must be seen to diverge under XLA too: NaN in the NaN pixel's
     windows, the other images untouched, and the gradients the op's, NaN included."""
@@ -98,7 +98,7 @@ def test_a_nan_pixel_gives_nan_where_the_fused_op_does():
         np.testing.assert_allclose(a.numpy(), f.numpy(), rtol=1e-5, equal_nan=True, err_msg=name)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_the_images_gradient_where_asked_for_is_the_fused_ops(fashion_mnist):
     """Training never asks for it, but where a caller does it must not be missing or wrong."""
     images, conv_w, conv_b, upstream = layer_inputs(
@@ -120,7 +120,7 @@ def test_the_images_gradient_where_asked_for_is_the_fused_ops(fashion_mnist):
     np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 @pytest.mark.parametrize("threads", [2, 3, 16])
 def test_threads_change_nothing_down_to_the_last_bit(fashion_mnist, monkeypatch, threads):
     """The targets spread the blocks of 16 images over the threads TensorFlow's intra-op
@@ -138,7 +138,7 @@ def test_threads_change_nothing_down_to_the_last_bit(fashion_mnist, monkeypatch,
         np.testing.assert_array_equal(many.numpy(), one.numpy(), err_msg=name)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_the_compiled_program_calls_the_targets_and_no_convolution():
     """The custom calls are in the optimized HLO (a silent fallback to TensorFlow's ops
     would not pass), and the images' gradient, which nobody asked for, is not."""
@@ -152,7 +152,7 @@ def test_the_compiled_program_calls_the_targets_and_no_convolution():
     assert "convolution(" not in hlo
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 @pytest.mark.parametrize(
     "target, config, said",
     [
@@ -187,7 +187,7 @@ def test_an_error_inside_a_target_is_one_exception_line_naming_it(target, config
     assert len(str(raised.value).splitlines()) == 1, str(raised.value)
 
 
-@pytest.mark.needs_avx512
+@pytest.mark.needs_fused_op
 def test_shapes_it_cannot_take_are_told_when_traced():
     def traced(images_spec, kernel=(3, 3, 1, 10), bias=(10,)):
         return tf.function(

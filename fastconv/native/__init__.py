@@ -5,7 +5,7 @@ TensorFlow runs conv + bias + ReLU + max pool and their gradients as separate op
 walk the full-size activations with a minor dimension of 10 channels; `conv_relu_pool.h`
 computes them with sixteen images in the lanes of each vector, in one pass forward and one
 backward. The library is compiled from `ops.cc` and `xla_targets.cc` ($CXX, else c++ or g++)
-for this CPU (`-march=native`, AVX-512 only) once, and cached under
+for this CPU (`-march=native`, AVX2 and FMA at least) once, and cached under
 `$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native), keyed by the sources, the
 flags, the compiler, TensorFlow and the CPU. Where it cannot be built or loaded,
 `unavailable()` says why in one line and fastconv uses TensorFlow's own ops.
@@ -44,6 +44,8 @@ FAILED = "FAILED"  # why the last compile failed, so that runs do not compile ag
 # Whether to use the op at all; "0" turns it off (a user's way out, and the tests' way to
 # reach the fallback).
 SWITCH = "FASTCONV_NATIVE"
+# The CPU flags the op is built for at least: eight images a vector (sixteen with AVX-512).
+VECTOR_UNITS = frozenset({"avx2", "fma"})
 
 
 class NativeUnavailable(RuntimeError):
@@ -123,7 +125,7 @@ def _build_key(cxx: str) -> str:
 
 def build(verbose: bool = False, retry: bool = False) -> Path:
     """The compiled library, built now unless the cache has it whole; NativeUnavailable if
-    this CPU lacks AVX-512 or the compiler fails (its first error line in the message).
+    this CPU lacks AVX2 and FMA or the compiler fails (its first error line in the message).
 
     A failed compile is remembered in the cache (`FAILED`), so later runs say why without
     compiling again, until `retry` (`python -m fastconv.native`). A cached library is read
@@ -131,10 +133,9 @@ def build(verbose: bool = False, retry: bool = False) -> Path:
     (a build cut short, a full disk) or not written by this build is removed and built again
     (mapping a truncated library kills the process with a bus error).
     """
-    if "avx512f" not in cpu_flags():
-        # Without it GCC splits each 16-lane vector, and the op runs slower than TensorFlow's
-        # ops (bench/RESULTS.md).
-        raise NativeUnavailable("this CPU has no AVX-512, which the op needs to be fast")
+    if not VECTOR_UNITS.issubset(cpu_flags()):
+        # Narrower vectors take the op below the speed of TensorFlow's ops (bench/RESULTS.md).
+        raise NativeUnavailable("this CPU has no AVX2 and FMA, which the op needs to be fast")
     cxx = compiler()
     folder = cache_dir() / _build_key(cxx)
     target, digest, failed = folder / LIBRARY, folder / DIGEST, folder / FAILED

@@ -3,11 +3,12 @@
 // TensorFlow (ops.cc wraps it as two TensorFlow ops, xla_targets.cc as two XLA custom-call
 // targets).
 //
-// Sixteen images sit in the lanes of one vector (the batch is the minor dimension), so every
-// step is a plain vertical multiply-add or max whatever the number of kernels, the 28x28
-// activations never leave registers, and the backward pass visits only each window's winner.
-// GCC's vector extensions compile to AVX-512 where the machine has it, narrower vectors
-// where it does not.
+// Images sit in the lanes of one vector (the batch is the minor dimension), so every step is
+// a plain vertical multiply-add or max whatever the number of kernels, the 28x28 activations
+// never leave registers, and the backward pass visits only each window's winner. A vector is
+// the widest register the CPU has: 16 images with AVX-512, 8 with AVX2. (GCC's vector
+// extensions would split 16-lane vectors for AVX2, and their spills made the op slower than
+// TensorFlow's.)
 //
 // Layouts: images (B, H, W) row-major; kernel (3, 3, K) and bias (K), as TensorFlow holds
 // them; features (H/2 * W/2 * K, B), the book's (h, w, k) order down the columns, one image
@@ -22,13 +23,17 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 namespace fastconv {
 
+#if defined(__AVX512F__)
 constexpr int kLanes = 16;  // images per vector: one AVX-512 register of float32
+#else
+constexpr int kLanes = 8;  // images per vector: one AVX2 register of float32
+#endif
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t LaneInts __attribute__((vector_size(kLanes * sizeof(int32_t))));
 // The same, at any address: the columns of a block start wherever the batch puts them.
@@ -60,11 +65,20 @@ inline void StoreLanes(const Lanes& values, int64_t lanes, float* to) {
 }
 
 // Winners travel as bytes, a quarter of the memory traffic of int32s. (AVX-512 narrows and
-// widens 16 of them in one instruction, where GCC's vector conversions go byte by byte.)
+// widens 16 of them in one instruction, AVX2 8 in a few, where GCC's vector conversions go
+// byte by byte.)
 inline void StoreWinners(const LaneInts& winners, int64_t lanes, uint8_t* to) {
 #if defined(__AVX512F__)
   if (lanes == kLanes) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(to), _mm512_cvtepi32_epi8(__m512i(winners)));
+    return;
+  }
+#elif defined(__AVX2__)
+  if (lanes == kLanes) {
+    const __m256i wide = __m256i(winners);
+    const __m128i halves = _mm_packs_epi32(_mm256_castsi256_si128(wide),
+                                           _mm256_extracti128_si256(wide, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(to), _mm_packus_epi16(halves, halves));
     return;
   }
 #endif
@@ -75,6 +89,10 @@ inline LaneInts LoadWinners(const uint8_t* from, int64_t lanes) {
 #if defined(__AVX512F__)
   if (lanes == kLanes) {
     return LaneInts(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(from))));
+  }
+#elif defined(__AVX2__)
+  if (lanes == kLanes) {
+    return LaneInts(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(from))));
   }
 #endif
   LaneInts winners = LaneInts{} + kNoWinner;

@@ -7,7 +7,7 @@
 //       -> kernel_grad (3, 3, 1, K), bias_grad (K)
 //
 // fastconv/native/__init__.py builds this file on the machine that runs it and registers the
-// gradient; blocks of 16 images are spread over the op's intra-op threads.
+// gradient; blocks of kLanes images are spread over the op's intra-op threads.
 
 #include <algorithm>
 #include <vector>
