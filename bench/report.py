@@ -283,12 +283,6 @@ def _ratio(value: float, reference: float | None) -> str:
     return f"{value / reference:.2f}x" if reference else "-"
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python bench/report.py BENCHMARK_JSON")
-    print(format_table(*rows_from_json(sys.argv[1])))
-
-
 def training_flops_per_image(n_kernels: int = 10, units: int = 100) -> int:
     """Floating-point operations to train on one image (2 per multiply-add).
 
@@ -299,3 +293,9 @@ def training_flops_per_image(n_kernels: int = 10, units: int = 100) -> int:
     conv = IMAGE_SIZE * IMAGE_SIZE * n_kernels * KERNEL_SIZE * KERNEL_SIZE * 2
     dense = (POOLED_SIZE * POOLED_SIZE * n_kernels * units + units * NUM_CLASSES) * 2
     return 2 * conv + 3 * dense
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python bench/report.py BENCHMARK_JSON")
+    print(format_table(*rows_from_json(sys.argv[1])))

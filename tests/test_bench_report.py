@@ -1,5 +1,7 @@
 """bench/report.py: the throughput table pools each peer's passes before it takes ratios."""
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -189,3 +191,22 @@ def test_each_xla_row_is_compared_with_its_graph_twin():
     assert section[0][4:] == ["1.50x", "(1.00x)", "of", "fastconv"]
     assert section[2][4:] == ["0.50x", "(0.50x)", "of", "fastconv_bf16"]
     assert section[1][4:] == ["-", "(its", "graph", "twin", "did", "not", "run)"]
+
+
+def test_the_command_prints_the_table_of_a_saved_benchmark_json(tmp_path):
+    """`python bench/report.py bench.json`, as bench/RESULTS.md says to reproduce a table."""
+    saved = {
+        "machine_info": {"cpu": {"brand_raw": "test CPU", "count": 2, "family": 25, "model": 1}},
+        "benchmarks": [
+            {"extra_info": row("fastconv", "fastconv", [1.0], batch_size=128)},
+            {"extra_info": row("matmul_float32", "matmul", [0.5], work=10**9, dtype="float32")},
+        ],
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(saved))
+    report = Path(__file__).resolve().parent.parent / "bench" / "report.py"
+    done = subprocess.run([sys.executable, str(report), str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "machine: test CPU, 2 cores, cpu family 25 model 1" in done.stdout
+    gflops = f"{1000 * training_flops_per_image() / 1e9:.1f}"
+    assert any(line.startswith("fastconv") and gflops in line for line in done.stdout.splitlines())
