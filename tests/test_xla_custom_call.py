@@ -45,23 +45,30 @@ def layer_inputs(images, seed, bias=0.1):
     return [tf.constant(v, tf.float32) for v in (images, conv_w, conv_b, upstream)]
 
 
-@pytest.mark.needs_fused_op
-@pytest.mark.parametrize("batch", [1, 7, 128, 129, 513])
-def test_custom_calls_equal_the_fused_op_and_float64_on_real_images(fashion_mnist, batch):
-    """Batches of part of a block of 16 lanes (1, 7), whole blocks (128), a block and one
-    image over (129, 513). The features must be the op's bit for bit (the same kernel); the
-    kernel and bias gradients the op's but for the order of float32 sums (the op's follows
-    TensorFlow's threads, which earlier runs in the process may have set), and both within
-    1e-5 of their largest entry of float64's: one SGD step at lr 0.01 from either
-    lands within 1e-7 of that entry, where a wrong window or a lost lane is off by a term.
-    Real images hold ties (the zero background), which the first position wins in all three."""
-    inputs = layer_inputs(fashion_mnist.train_images[:batch, ..., None] / 255, seed=batch)
-    actual, fused, expected = custom_calls(*inputs), fused_op(*inputs), reference(*inputs)
-    np.testing.assert_array_equal(actual[0].numpy(), fused[0].numpy())
+def assert_near_both(actual, fused, expected):
+    """The custom calls' features and kernel and bias gradients within 1e-5 of their
+    largest entry of float64's, of the op's and of float64's."""
     for name, a, f, e in zip(("features", "d kernel", "d bias"), actual, fused, expected):
         scale = np.abs(e.numpy()).max()
         np.testing.assert_allclose(a.numpy(), f.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
         np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
+
+
+@pytest.mark.needs_fused_op
+@pytest.mark.parametrize("batch", [1, 7, 128, 129, 513])
+def test_custom_calls_equal_the_fused_op_and_float64_on_real_images(fashion_mnist, batch):
+    """Batches of part of a block of lanes (1, 7; a block is 8 or 16 images), whole blocks
+    (128), a block and one image over (129, 513). The features must be the op's bit for bit
+    (the same kernel); the kernel and bias gradients the op's but for the order of float32
+    sums (the op's follows TensorFlow's threads, which earlier runs in the process may have
+    set), and both within 1e-5 of their largest entry of float64's: one SGD step at lr 0.01
+    from either lands within 1e-7 of that entry, where a wrong window or a lost lane is off
+    by a term. Real images hold ties (the zero background), which the first position wins in
+    all three."""
+    inputs = layer_inputs(fashion_mnist.train_images[:batch, ..., None] / 255, seed=batch)
+    actual, fused, expected = custom_calls(*inputs), fused_op(*inputs), reference(*inputs)
+    np.testing.assert_array_equal(actual[0].numpy(), fused[0].numpy())
+    assert_near_both(actual, fused, expected)
 
 
 @pytest.mark.needs_fused_op
@@ -76,10 +83,7 @@ def test_ties_go_to_the_first_position_as_in_the_fused_op():
     conv_w = conv_w * np.pad(np.ones((1, 1, 1, 1)), [[1, 1], [1, 1], [0, 0], [0, 0]])
     inputs = images, conv_w, conv_b, upstream
     actual, fused, expected = custom_calls(*inputs), fused_op(*inputs), reference(*inputs)
-    for name, a, f, e in zip(("features", "d kernel", "d bias"), actual, fused, expected):
-        scale = np.abs(e.numpy()).max()
-        np.testing.assert_allclose(a.numpy(), f.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
-        np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=0, atol=1e-5 * scale, err_msg=name)
+    assert_near_both(actual, fused, expected)
 
 
 @pytest.mark.needs_fused_op
