@@ -507,8 +507,9 @@ def fma_unavailable() -> str | None:
     from fastconv.machine import cpu_flags
     from fastconv.native import VECTOR_UNITS, NativeUnavailable, compiler
 
-    if not VECTOR_UNITS.issubset(cpu_flags()):  # every AVX-512 CPU has them too
-        return "this CPU has no AVX2 and FMA"
+    missing = sorted(VECTOR_UNITS - cpu_flags())  # every AVX-512 CPU has both too
+    if missing:
+        return f"this CPU has no {' or '.join(flag.upper() for flag in missing)}"
     try:
         compiler()
     except NativeUnavailable as error:

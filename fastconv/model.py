@@ -241,7 +241,7 @@ def _window_kernels(conv_w):
 
 def conv_relu_pool_fused(images, conv_w, conv_b):
     """The same function as `conv_relu_pool_nn`, as one op of fastconv's own for a CPU
-    (`fastconv.native`): sixteen images in the lanes of a vector, the conv, bias, ReLU and
+    (`fastconv.native`): 16 or 8 images in the lanes of a vector, the conv, bias, ReLU and
     pool in one pass and their gradient in another. The features come back with the images
     in columns, (14*14*K, B), like `conv_relu_pool_batch_channels`.
 

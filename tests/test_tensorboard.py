@@ -135,7 +135,7 @@ def test_profile_tab_trace_viewer_groups_each_steps_ops_under_it(run):
     for step in range(PROFILED[0], PROFILED[1] + 1):
         ops = ops_by_group[step_groups[step]]
         # The dense layers' matmul is "_MklMatMul" where TensorFlow turns oneDNN on (CPUs
-        # with AVX-512), "MatMul" elsewhere.
+        # with AVX512_VNNI, AVX512_BF16 or AMX), "MatMul" elsewhere.
         assert "SoftmaxCrossEntropyWithLogits" in ops, (step, ops)
         assert ops & {"MatMul", "_MklMatMul"}, (step, ops)
 

@@ -127,7 +127,7 @@ def test_the_images_gradient_where_asked_for_is_the_fused_ops(fashion_mnist):
 @pytest.mark.needs_fused_op
 @pytest.mark.parametrize("threads", [2, 3, 16])
 def test_threads_change_nothing_down_to_the_last_bit(fashion_mnist, monkeypatch, threads):
-    """The targets spread the blocks of 16 images over the threads TensorFlow's intra-op
+    """The targets spread the blocks of images over the threads TensorFlow's intra-op
     setting names (read when traced), each thread taking the next block free; the gradient
     sums each block on its own and adds them up in block order, so a run is reproducible
     whichever thread took which block, and however many there were."""

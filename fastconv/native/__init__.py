@@ -3,11 +3,11 @@ XLA custom-call targets for code XLA compiles, where an op cannot go (`xla_conv_
 
 TensorFlow runs conv + bias + ReLU + max pool and their gradients as separate ops that each
 walk the full-size activations with a minor dimension of 10 channels; `conv_relu_pool.h`
-computes them with sixteen images in the lanes of each vector, in one pass forward and one
-backward. The library is compiled from `ops.cc` and `xla_targets.cc` ($CXX, else c++ or g++)
-for this CPU (`-march=native`, AVX2 and FMA at least) once, and cached under
-`$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native), keyed by the sources, the
-flags, the compiler, TensorFlow and the CPU. Where it cannot be built or loaded,
+computes them with sixteen images (AVX-512) or eight (AVX2) in the lanes of each vector, in
+one pass forward and one backward. The library is compiled from `ops.cc` and `xla_targets.cc`
+($CXX, else c++ or g++) for this CPU (`-march=native`, AVX2 and FMA at least) once, and
+cached under `$XDG_CACHE_HOME/fastconv/native` (else ~/.cache/fastconv/native), keyed by the
+sources, the flags, the compiler, TensorFlow and the CPU. Where it cannot be built or loaded,
 `unavailable()` says why in one line and fastconv uses TensorFlow's own ops.
 `FASTCONV_NATIVE=0` turns it off; `python -m fastconv.native` builds it (scripts/setup.sh).
 """
@@ -133,9 +133,11 @@ def build(verbose: bool = False, retry: bool = False) -> Path:
     (a build cut short, a full disk) or not written by this build is removed and built again
     (mapping a truncated library kills the process with a bus error).
     """
-    if not VECTOR_UNITS.issubset(cpu_flags()):
-        # Narrower vectors take the op below the speed of TensorFlow's ops (bench/RESULTS.md).
-        raise NativeUnavailable("this CPU has no AVX2 and FMA, which the op needs to be fast")
+    missing = sorted(VECTOR_UNITS - cpu_flags())
+    if missing:
+        # The op is written for 8 or 16 lanes a vector; on narrower ones it was never measured.
+        names = " or ".join(flag.upper() for flag in missing)
+        raise NativeUnavailable(f"this CPU has no {names}, which the op needs to be fast")
     cxx = compiler()
     folder = cache_dir() / _build_key(cxx)
     target, digest, failed = folder / LIBRARY, folder / DIGEST, folder / FAILED

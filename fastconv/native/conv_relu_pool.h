@@ -31,8 +31,10 @@ namespace fastconv {
 
 #if defined(__AVX512F__)
 constexpr int kLanes = 16;  // images per vector: one AVX-512 register of float32
-#else
+#elif defined(__AVX2__) && defined(__FMA__)
 constexpr int kLanes = 8;  // images per vector: one AVX2 register of float32
+#else
+#error "fastconv's op is built for AVX2 and FMA or AVX-512 (-march=native found neither)"
 #endif
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t LaneInts __attribute__((vector_size(kLanes * sizeof(int32_t))));
