@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -128,8 +129,33 @@ def empty_cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "fastconv" / "native"
 
 
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory):
+    """A library built into a cache of its own: these tests' one compile in this process;
+    the tests below copy it in place of compiling again."""
+    cache = tmp_path_factory.mktemp("built")
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        return native.build()
+    finally:
+        if previous is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = previous
+
+
+def copied_in(built_library):
+    """A compile command that copies `built_library` into place: the build's bookkeeping
+    runs as it is, without compiling again."""
+    return lambda cxx, sources, output: ["cp", str(built_library), str(output)]
+
+
 @pytest.mark.needs_fused_op
-def test_build_compiles_once_into_the_cache_then_reuses_it(empty_cache, monkeypatch):
+def test_build_compiles_once_into_the_cache_then_reuses_it(built_library, empty_cache, monkeypatch):
+    """The cache's bookkeeping (the real compile is `built_library`'s): built once into
+    the cache, then found there, the compiler asked for nothing but its version."""
+    monkeypatch.setattr(native, "compile_command", copied_in(built_library))
     library = native.build()
     assert library.parent.parent == empty_cache and library.name == native.LIBRARY
     built = library.stat().st_mtime_ns
@@ -204,21 +230,6 @@ def test_a_failed_compile_is_remembered_until_a_retry(empty_cache, monkeypatch):
     assert len(compiles) == 2
 
 
-@pytest.fixture(scope="module")
-def built_library(tmp_path_factory):
-    """A library built into a cache of its own, to copy into the damaged caches below."""
-    cache = tmp_path_factory.mktemp("built")
-    previous = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
-    try:
-        return native.build()
-    finally:
-        if previous is None:
-            del os.environ["XDG_CACHE_HOME"]
-        else:
-            os.environ["XDG_CACHE_HOME"] = previous
-
-
 DAMAGE = {
     "truncated": lambda library, digest: library.write_bytes(library.read_bytes()[:30_000]),
     "empty": lambda library, digest: library.write_bytes(b""),
@@ -235,11 +246,7 @@ def test_a_damaged_cached_library_is_built_again_once_with_one_line(
     """Found before it is mapped (a truncated one killed every run with a bus error): the
     next build removes it, says so in one line and builds it again, here by copying the
     library built above in place of the compiler."""
-
-    def copy_in(cxx, sources, output):
-        return ["cp", str(built_library), str(output)]
-
-    monkeypatch.setattr(native, "compile_command", copy_in)
+    monkeypatch.setattr(native, "compile_command", copied_in(built_library))
     library = native.build()
     digest = library.with_name(native.DIGEST)
     DAMAGE[damage](library, digest)
@@ -254,14 +261,15 @@ def test_a_damaged_cached_library_is_built_again_once_with_one_line(
 
 
 @pytest.mark.needs_fused_op
-def test_a_truncated_cached_library_no_longer_kills_the_build_step(tmp_path):
+def test_a_truncated_cached_library_no_longer_kills_the_build_step(built_library, tmp_path):
     """The issue's case end to end: the first 30,000 bytes of a built library at its cache
     key; `python -m fastconv.native` (and so a run) builds it again instead of dying."""
+    folder = tmp_path / "fastconv" / "native" / built_library.parent.name  # its cache key
+    shutil.copytree(built_library.parent, folder)
+    library = folder / native.LIBRARY
+    library.write_bytes(library.read_bytes()[:30_000])
     environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     command = [sys.executable, "-m", "fastconv.native"]
-    assert subprocess.run(command, env=environment, timeout=900).returncode == 0
-    (library,) = tmp_path.glob(f"fastconv/native/*/{native.LIBRARY}")
-    library.write_bytes(library.read_bytes()[:30_000])
     run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr
     assert run.stderr.startswith(f"fastconv.native: {library} is damaged")
