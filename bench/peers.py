@@ -504,12 +504,10 @@ def _matmul(dtype: str, size: int = 2048, chain: int = 10):
 
 def fma_unavailable() -> str | None:
     """Why the FMA peak cannot be measured on this machine; None when it can."""
-    from fastconv.machine import cpu_flags
-    from fastconv.native import VECTOR_UNITS, NativeUnavailable, compiler
+    from fastconv.native import NativeUnavailable, compiler, missing_vector_units
 
-    missing = sorted(VECTOR_UNITS - cpu_flags())  # every AVX-512 CPU has both too
-    if missing:
-        return f"this CPU has no {' or '.join(flag.upper() for flag in missing)}"
+    if missing := missing_vector_units():  # every AVX-512 CPU has AVX2 and FMA too
+        return f"this CPU has no {missing}"
     try:
         compiler()
     except NativeUnavailable as error:

@@ -48,6 +48,12 @@ SWITCH = "FASTCONV_NATIVE"
 VECTOR_UNITS = frozenset({"avx2", "fma"})
 
 
+def missing_vector_units() -> str | None:
+    """The vector units of VECTOR_UNITS this CPU lacks ("AVX2", "FMA", "AVX2 or FMA"), or
+    None where it has them all."""
+    return " or ".join(flag.upper() for flag in sorted(VECTOR_UNITS - cpu_flags())) or None
+
+
 class NativeUnavailable(RuntimeError):
     """The op could not be built or loaded; the message says why, in one line."""
 
@@ -133,11 +139,9 @@ def build(verbose: bool = False, retry: bool = False) -> Path:
     (a build cut short, a full disk) or not written by this build is removed and built again
     (mapping a truncated library kills the process with a bus error).
     """
-    missing = sorted(VECTOR_UNITS - cpu_flags())
-    if missing:
-        # The op is written for 8 or 16 lanes a vector; on narrower ones it was never measured.
-        names = " or ".join(flag.upper() for flag in missing)
-        raise NativeUnavailable(f"this CPU has no {names}, which the op needs to be fast")
+    # The op is written for 8 or 16 lanes a vector; on narrower ones it was never measured.
+    if missing := missing_vector_units():
+        raise NativeUnavailable(f"this CPU has no {missing}, which the op needs to be fast")
     cxx = compiler()
     folder = cache_dir() / _build_key(cxx)
     target, digest, failed = folder / LIBRARY, folder / DIGEST, folder / FAILED
