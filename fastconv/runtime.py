@@ -103,12 +103,13 @@ def fastest_conv_form(xla: bool, on_gpu: bool) -> str:
     """The entry of `CONV_FORMS` that the engine runs fastest.
 
     On a CPU, fastconv's own kernel (`fastconv.native`): the op in graph mode, the custom
-    calls under XLA; where it cannot be built, the batch as the channels of a depthwise conv
-    in graph mode, and under XLA the window patches matmul (XLA compiles its own convolution
-    badly). A GPU runs the book's `tf.nn` ops as cuDNN kernels, and under XLA the window
-    patches (the kernel is CPU code). bench/RESULTS.md has the measurements.
+    calls under XLA; where it cannot be used (`native.unavailable`), the batch as the
+    channels of a depthwise conv in graph mode, and under XLA the window patches matmul (XLA
+    compiles its own convolution badly). A GPU runs the book's `tf.nn` ops as cuDNN kernels,
+    and under XLA the window patches (the kernel is CPU code). bench/RESULTS.md has the
+    measurements.
     """
-    fused = not on_gpu and not native.unavailable()
+    fused = not on_gpu and not native.unavailable(xla)
     if xla:
         return "fused_xla" if fused else "window_patches"
     if on_gpu:
@@ -122,7 +123,7 @@ def usable_conv_form(conv_form: str, xla: bool = False) -> bool:
     form = CONV_FORMS.get(conv_form)
     if form is None or form.xla not in (None, xla):
         return False
-    return form.stock is None or not native.unavailable()
+    return form.stock is None or not native.unavailable(xla)
 
 
 def stock_conv_form(conv_form: str) -> str:
@@ -264,7 +265,7 @@ def place(
             + ", ".join(f"{name} {machine[name]}" for name in differ)
             + ")"
         )
-    why_not_fused = None if on_gpu else native.unavailable()
+    why_not_fused = None if on_gpu else native.unavailable(config.xla)
     if why_not_fused:
         notes.append(
             f"note: fastconv's fused conv op is not available ({why_not_fused}); the first "

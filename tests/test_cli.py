@@ -58,6 +58,30 @@ def test_one_epoch_on_real_data_with_xla(tmp_path):
     assert images_per_second == pytest.approx(375 * 128 / metrics["train_seconds"], abs=1)
 
 
+@pytest.mark.needs_fused_op
+def test_xla_runs_again_from_tensorflows_persistent_xla_cache(data_dir, tmp_path):
+    # A cached step that holds fastconv's custom calls crashes TensorFlow 2.21 (a segfault,
+    # exit 139) when the second run loads it; --xla computes the layer with XLA's ops there.
+    cache = tmp_path / "xla-cache"
+    env = {**os.environ, "TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache}"}
+    flags = ("--xla", "--data-dir", str(data_dir), "--epochs", "1")
+    first = run_script("train.py", *flags, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert list(cache.iterdir())  # the step went into the cache...
+    second = run_script("train.py", *flags, cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr  # ... and ran from it
+    assert "Traceback" not in second.stderr
+    for run in (first, second):
+        said = re.findall(
+            r"^note: fastconv's fused conv op is not available \((.*)\);", run.stdout, re.M
+        )
+        assert said == [
+            f"TF_XLA_FLAGS sets --tf_xla_persistent_cache_directory={cache}, and "
+            f"TensorFlow {tf.__version__} crashes running a cached XLA step that "
+            "holds custom calls"
+        ], run.stdout
+
+
 def test_defaults_are_the_books_run():
     args = cli.build_parser().parse_args([])
     config = cli.config_from_args(args)

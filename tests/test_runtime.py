@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import tensorflow as tf
 
 from fastconv import native, runtime
 from fastconv.config import ConfigError, TrainConfig
@@ -41,7 +42,8 @@ def test_the_conv_form_suits_the_engine():
 
 
 def test_without_the_fused_op_a_cpu_run_uses_tensorflows_ops_and_says_why(monkeypatch):
-    monkeypatch.setattr(native, "unavailable", lambda: "no C++ compiler found (looked for c++)")
+    why_not = "no C++ compiler found (looked for c++)"
+    monkeypatch.setattr(native, "unavailable", lambda xla=False: why_not)
     assert fastest_conv_form(xla=False, on_gpu=False) == "batch_channels"
     assert fastest_conv_form(xla=True, on_gpu=False) == "window_patches"
     assert not usable_conv_form("fused")  # a run recorded with it resumes without it
@@ -53,6 +55,25 @@ def test_without_the_fused_op_a_cpu_run_uses_tensorflows_ops_and_says_why(monkey
         "c++)); the first layer runs as TensorFlow's ops",
     )
     assert runtime.place(TrainConfig(xla=True)).notes == placement.notes  # said under XLA too
+
+
+@pytest.mark.needs_fused_op
+def test_under_tensorflows_persistent_xla_cache_xla_runs_xlas_own_ops_and_says_why(monkeypatch):
+    # TensorFlow 2.21 crashes running a cached step that holds custom calls (native.py).
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0 --tf_xla_persistent_cache_directory=/c")
+    assert fastest_conv_form(xla=True, on_gpu=False) == "window_patches"
+    assert not usable_conv_form("fused_xla", xla=True)  # nor does a resumed run use them
+    assert fastest_conv_form(xla=False, on_gpu=False) == "fused"  # graph mode: no XLA cache
+    note = (
+        "note: fastconv's fused conv op is not available (TF_XLA_FLAGS sets "
+        f"--tf_xla_persistent_cache_directory=/c, and TensorFlow {tf.__version__} crashes "
+        "running a cached XLA step that holds custom calls); the first layer runs as "
+        "TensorFlow's ops"
+    )
+    assert runtime.place(TrainConfig(xla=True)).notes == (note,)
+    assert runtime.place(TrainConfig()).notes == ()
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=")  # the cache off
+    assert fastest_conv_form(xla=True, on_gpu=False) == "fused_xla"
 
 
 def test_shards_get_the_cores_between_them(cores):

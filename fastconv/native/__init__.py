@@ -18,6 +18,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -242,9 +243,26 @@ def ops():
     return library
 
 
-def unavailable() -> str | None:
-    """Why the op cannot be used here (one line), or None when it can."""
-    return _load()[1]
+# TensorFlow's persistent cache of compiled XLA programs, which a user turns on in
+# TF_XLA_FLAGS. TensorFlow 2.21's XLA loses a custom call's tuple result when it loads a
+# cached program (CustomCallThunkFromProto in xla/backends/cpu/runtime/thunk_proto_serdes.cc
+# leaves OpBuffers.is_tuple_result false): the targets, which return two arrays each, get
+# their first array where they expect the list of both, and the process dies of a
+# segmentation fault. Where the cache is on, --xla computes the layer with XLA's own ops.
+PERSISTENT_XLA_CACHE = re.compile(r"--tf_xla_persistent_cache_directory=(\S+)")
+
+
+def unavailable(xla: bool = False) -> str | None:
+    """Why the kernel cannot be used here (one line), or None when it can: as the op, or
+    with `xla` as XLA custom calls (`xla_conv_relu_pool`)."""
+    why_not = _load()[1]
+    cache = PERSISTENT_XLA_CACHE.search(os.environ.get("TF_XLA_FLAGS", ""))
+    if why_not is None and xla and cache:
+        return (
+            f"TF_XLA_FLAGS sets {cache[0]}, and TensorFlow {tf.__version__} crashes "
+            "running a cached XLA step that holds custom calls"
+        )
+    return why_not
 
 
 def conv_relu_pool(images: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
