@@ -71,6 +71,11 @@ class DeviceDescription:
     compute_capability: tuple[int, int] | None = None  # GPUs
     cpu_flags: frozenset[str] = frozenset()  # CPUs: /proc/cpuinfo flags
 
+    @property
+    def bfloat16_units(self) -> list[str]:
+        """The flags of the CPU's bfloat16 units (AVX512_BF16, AMX); none on a GPU."""
+        return sorted({"avx512_bf16", "amx_bf16"} & self.cpu_flags)
+
 
 def device_description(device: str, gpus: list) -> DeviceDescription:
     """What `device` ("/CPU:0", "/GPU:1", as `resolve_device` gives) is, given the GPUs that
@@ -108,9 +113,8 @@ def choose_precision(device: DeviceDescription) -> tuple[str, str]:
             major, minor = device.compute_capability
             return "mixed_float16", f"GPU of compute capability {major}.{minor} has tensor cores"
         return "float32", "GPU without float16 tensor cores (compute capability < 7.0)"
-    bf16_units = sorted({"avx512_bf16", "amx_bf16"} & device.cpu_flags)
-    if bf16_units:
-        return "mixed_bfloat16", f"CPU has bfloat16 units ({', '.join(bf16_units)})"
+    if device.bfloat16_units:
+        return "mixed_bfloat16", f"CPU has bfloat16 units ({', '.join(device.bfloat16_units)})"
     return "float32", "CPU without bfloat16 units (no avx512_bf16 or amx_bf16)"
 
 

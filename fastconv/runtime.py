@@ -271,7 +271,7 @@ def place(
             f"note: fastconv's fused conv op is not available ({why_not_fused}); the first "
             "layer runs as TensorFlow's ops"
         )
-    if config.xla and settings["precision"] == "mixed_bfloat16" and not on_gpu:
+    if config.xla and settings["precision"] == "mixed_bfloat16" and description.bfloat16_units:
         notes.append(
             "note: XLA on a CPU computes bfloat16 matmuls without the CPU's bfloat16 units: "
             "graph mode (leave out --xla) trains faster in mixed_bfloat16"
