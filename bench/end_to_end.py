@@ -4,10 +4,11 @@
 
 20 epochs at batch 128, the validation set evaluated after each, the test set at the end, for:
 
-- `python scripts/train.py` in float32 (its default), `--precision mixed_bfloat16` and
-  `--xla`, each with a fresh `--logdir` in a temporary folder: its training-step and compile
-  seconds are read from the run folder's metrics.json, the time between its epoch lines
-  from when they reach this process;
+- `python scripts/train.py` in float32 (its default) and `--precision mixed_bfloat16`, each
+  with and without `--xla` (below the table, `--xla`'s speed over the graph path's), each
+  with a fresh `--logdir` in a temporary folder: its training-step and compile seconds are
+  read from the run folder's metrics.json, the time between its epoch lines from when they
+  reach this process;
 - bench/keras_end_to_end.py: the same work with Keras `fit(..., validation_data=...)` and
   `evaluate`, steps_per_execution 50, in float32 and mixed_bfloat16;
 - bench/book_end_to_end.py: the book's eager class; it runs `--book-epochs` epochs and the
@@ -57,6 +58,11 @@ CONTENDERS = (
         "fastconv, --precision mixed_bfloat16", "fastconv", ("--precision", "mixed_bfloat16")
     ),
     Contender("fastconv, --xla", "fastconv", ("--xla",)),
+    Contender(
+        "fastconv, --xla --precision mixed_bfloat16",
+        "fastconv",
+        ("--xla", "--precision", "mixed_bfloat16"),
+    ),
     Contender("Keras fit, float32, spe 50", "keras", ("--precision", "float32")),
     Contender("Keras fit, mixed_bfloat16, spe 50", "keras", ("--precision", "mixed_bfloat16")),
     Contender("the book's eager class", "book"),
@@ -315,8 +321,29 @@ def table(rows: list[dict], args: argparse.Namespace, import_seconds: float) -> 
             _ratio(keras_steps, row["steps"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if ratios := xla_over_graph(rows):
+        lines += ["", *ratios]
     lines += ["", FOOTNOTES]
     return "\n".join(lines)
+
+
+def xla_over_graph(rows: list[dict]) -> list[str]:
+    """Each `--xla` run's speed over its graph twin's (the same flags without `--xla`), wall
+    and steps: issue #27's measure."""
+    by_label = {row["label"]: row for row in rows}
+    label_of = {c.flags: c.label for c in CONTENDERS if c.kind == "fastconv"}
+    lines = []
+    for flags, label in label_of.items():
+        twin = label_of.get(tuple(flag for flag in flags if flag != "--xla"))
+        if "--xla" in flags and label in by_label and twin in by_label:
+            xla, graph = by_label[label], by_label[twin]
+            lines.append(
+                f"- {label} over {twin}: wall {graph['wall'] / xla['wall']:.2f}x, "
+                f"steps {graph['steps'] / xla['steps']:.2f}x"
+            )
+    if lines:
+        lines.insert(0, "`--xla` over the graph path (the graph run's seconds / `--xla`'s):")
+    return lines
 
 
 def _seconds(value: float | None) -> str:

@@ -11,6 +11,7 @@ LABELS = (
     "fastconv, float32 (default)",
     "fastconv, --precision mixed_bfloat16",
     "fastconv, --xla",
+    "fastconv, --xla --precision mixed_bfloat16",
     "Keras fit, float32, spe 50",
     "Keras fit, mixed_bfloat16, spe 50",
     "the book's eager class",
@@ -47,8 +48,14 @@ def test_every_contender_runs_and_its_wall_splits_into_its_parts(fashion_mnist, 
         assert abs(row["outside_share"] - expected) < 1e-9, label
         # Trained, not just run: two epochs of the book's run (one of its class) pass 0.7.
         assert 0.7 < row["val_accuracy"] < 1 and 0.7 < row["test_accuracy"] < 1, label
-    for label in LABELS[:3]:  # fastconv's parts come from its run folder and its lines
+    for label in LABELS[:4]:  # fastconv's parts come from its run folder and its lines
         assert rows[label]["compile"] > 0 and rows[label]["per_epoch"] > 0, label
         assert rows[label]["epochs_run"] == 2
+    # Below the table, --xla's speed over the graph path's in each precision (#27's measure):
+    # with one repeat, the ratios of the two rows.
+    for graph, xla in ((LABELS[0], LABELS[2]), (LABELS[1], LABELS[3])):
+        speed = {key: rows[graph][key] / rows[xla][key] for key in ("wall", "steps")}
+        said = f"- {xla} over {graph}: wall {speed['wall']:.2f}x, steps {speed['steps']:.2f}x\n"
+        assert said in table, table
     (book,) = saved["runs"][LABELS[-1]]  # one epoch run, the second extrapolated
     assert book["epochs_run"] == 1 and rows[LABELS[-1]]["compile"] == 0.0
