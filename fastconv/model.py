@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from fastconv import native
 from fastconv.data import IMAGE_SIZE, NUM_CLASSES
+from fastconv.native import custom_calls
 
 KERNEL_SIZE = 3
 WINDOW = 2  # the max pool's window and stride
@@ -254,9 +255,9 @@ def conv_relu_pool_fused(images, conv_w, conv_b):
 
 def conv_relu_pool_fused_xla(images, conv_w, conv_b):
     """`conv_relu_pool_fused` for XLA's compiled step (`--xla` on a CPU): the same kernel,
-    called as XLA custom calls (`fastconv.native.xla_conv_relu_pool`), where a TensorFlow op
+    called as XLA custom calls (`fastconv.native.custom_calls`), where a TensorFlow op
     cannot go."""
-    return native.xla_conv_relu_pool(images, conv_w, conv_b)
+    return custom_calls.xla_conv_relu_pool(images, conv_w, conv_b)
 
 
 class ConvForm(NamedTuple):

@@ -242,8 +242,7 @@ def place(
         "precision": config.precision,
         "conv_form": conv_form,
     }
-    recorded = dict(recorded or {})
-    notes = []
+    recorded, notes = dict(recorded or {}), []
     if config.precision == "auto":
         machine["precision"], reason = choose_precision(description)
         if "precision" not in recorded:
@@ -267,8 +266,9 @@ def place(
         )
     why_not_fused = None if on_gpu else native.unavailable(config.xla)
     if why_not_fused:
+        kernel = "custom calls are" if config.xla else "op is"
         notes.append(
-            f"note: fastconv's fused conv op is not available ({why_not_fused}); the first "
+            f"note: fastconv's fused conv {kernel} not available ({why_not_fused}); the first "
             "layer runs as TensorFlow's ops"
         )
     if config.xla and settings["precision"] == "mixed_bfloat16" and description.bfloat16_units:

@@ -8,6 +8,7 @@ import tensorflow as tf
 from fastconv import native, runtime
 from fastconv.config import ConfigError, TrainConfig
 from fastconv.machine import DeviceDescription, DeviceError
+from fastconv.native import custom_calls
 from fastconv.runtime import fastest_conv_form, usable_conv_form
 
 
@@ -54,26 +55,69 @@ def test_without_the_fused_op_a_cpu_run_uses_tensorflows_ops_and_says_why(monkey
         "note: fastconv's fused conv op is not available (no C++ compiler found (looked for "
         "c++)); the first layer runs as TensorFlow's ops",
     )
-    assert runtime.place(TrainConfig(xla=True)).notes == placement.notes  # said under XLA too
+    under_xla = placement.notes[0].replace("op is", "custom calls are")  # said under XLA too
+    assert runtime.place(TrainConfig(xla=True)).notes == (under_xla,)
+
+
+@pytest.fixture
+def xla_flags(monkeypatch):
+    """Sets TF_XLA_FLAGS for fastconv to read, after TensorFlow has read it: TensorFlow
+    reads it once a process, when it first lists its devices, and must not take these."""
+    tf.config.list_physical_devices()
+    return lambda flags: monkeypatch.setenv("TF_XLA_FLAGS", flags)
+
+
+@pytest.mark.parametrize(
+    "flags, folder",
+    [
+        ("--tf_xla_persistent_cache_directory=/c", "/c"),
+        (" --tf_xla_auto_jit=0  --tf_xla_persistent_cache_directory=/c", "/c"),
+        ("--tf_xla_persistent_cache_directory='/a b'", "/a b"),  # quoted
+        ('--tf_xla_persistent_cache_directory=""', None),  # empty: off
+        ("--tf_xla_persistent_cache_directory=/c --tf_xla_persistent_cache_directory=", None),
+        ("--tf_xla_persistent_cache_directory= --tf_xla_persistent_cache_directory=/d", "/d"),
+        ("--tf_xla_persistent_cache_directory=/c --tf_xla_persistent_cache_device_types=GPU", None),
+        (
+            "--tf_xla_persistent_cache_directory=/c --tf_xla_persistent_cache_device_types=GPU,CPU",
+            "/c",
+        ),
+        ("--tf_xla_auto_jit=0", None),
+        ("", None),
+    ],
+)
+def test_tensorflows_persistent_xla_cache_is_read_from_tf_xla_flags_as_xla_reads_it(
+    xla_flags, flags, folder
+):
+    xla_flags(flags)
+    assert custom_calls.persistent_cache() == folder
+
+
+def test_tf_xla_flags_naming_a_file_is_read_from_the_file(xla_flags, tmp_path):
+    flags = tmp_path / "flags"
+    flags.write_text("--tf_xla_persistent_cache_directory=/from/file\n")
+    xla_flags(str(flags))
+    assert custom_calls.persistent_cache() == "/from/file"
 
 
 @pytest.mark.needs_fused_op
-def test_under_tensorflows_persistent_xla_cache_xla_runs_xlas_own_ops_and_says_why(monkeypatch):
-    # TensorFlow 2.21 crashes running a cached step that holds custom calls (native.py).
-    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0 --tf_xla_persistent_cache_directory=/c")
+def test_under_tensorflows_persistent_xla_cache_xla_runs_xlas_own_ops_and_says_why(xla_flags):
+    # TensorFlow 2.21 crashed running a cached step that holds custom calls (custom_calls.py).
+    xla_flags("--tf_xla_persistent_cache_directory=/c")
     assert fastest_conv_form(xla=True, on_gpu=False) == "window_patches"
     assert not usable_conv_form("fused_xla", xla=True)  # nor does a resumed run use them
     assert fastest_conv_form(xla=False, on_gpu=False) == "fused"  # graph mode: no XLA cache
     note = (
-        "note: fastconv's fused conv op is not available (TF_XLA_FLAGS sets "
-        f"--tf_xla_persistent_cache_directory=/c, and TensorFlow {tf.__version__} crashes "
-        "running a cached XLA step that holds custom calls); the first layer runs as "
-        "TensorFlow's ops"
+        "note: fastconv's fused conv custom calls are not available (TF_XLA_FLAGS turns on "
+        "TensorFlow's persistent XLA cache (/c), under which TensorFlow 2.21 crashed running a "
+        "cached step that holds custom calls; unset --tf_xla_persistent_cache_directory to "
+        "train with them); the first layer runs as TensorFlow's ops"
     )
     assert runtime.place(TrainConfig(xla=True)).notes == (note,)
     assert runtime.place(TrainConfig()).notes == ()
-    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=")  # the cache off
-    assert fastest_conv_form(xla=True, on_gpu=False) == "fused_xla"
+    with pytest.raises(native.NativeUnavailable, match=r"persistent XLA cache \(/c\)"):
+        custom_calls.xla_conv_relu_pool(
+            tf.zeros([4, 28, 28, 1]), tf.zeros([3, 3, 1, 10]), tf.zeros([10])
+        )
 
 
 def test_shards_get_the_cores_between_them(cores):

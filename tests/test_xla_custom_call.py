@@ -1,4 +1,4 @@
-"""fastconv.native.xla_conv_relu_pool: the fused kernel as XLA custom calls, inside
+"""fastconv.native.custom_calls.xla_conv_relu_pool: the fused kernel as XLA custom calls, inside
 tf.function(jit_compile=True), against the TensorFlow op on the same kernel and TensorFlow's
 ops in float64."""
 
@@ -9,6 +9,7 @@ from tensorflow.compiler.tf2xla.python import xla
 
 from fastconv import native
 from fastconv.model import conv_relu_pool_nn
+from fastconv.native.custom_calls import XLA_BACKWARD, XLA_FORWARD, xla_conv_relu_pool
 
 
 def values_and_gradients(conv_relu_pool, images, conv_w, conv_b, upstream):
@@ -23,7 +24,7 @@ def values_and_gradients(conv_relu_pool, images, conv_w, conv_b, upstream):
 
 def custom_calls(*args):
     return tf.function(
-        lambda *args: values_and_gradients(native.xla_conv_relu_pool, *args), jit_compile=True
+        lambda *args: values_and_gradients(xla_conv_relu_pool, *args), jit_compile=True
     )(*args)
 
 
@@ -118,7 +119,7 @@ def test_the_images_gradient_where_asked_for_is_the_fused_ops(fashion_mnist):
 
         return gradient
 
-    actual = tf.function(images_gradient(native.xla_conv_relu_pool), jit_compile=True)(images)
+    actual = tf.function(images_gradient(xla_conv_relu_pool), jit_compile=True)(images)
     expected = tf.function(images_gradient(native.conv_relu_pool))(images)
     scale = np.abs(expected.numpy()).max()
     np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=1e-5 * scale)
@@ -148,11 +149,11 @@ def test_the_compiled_program_calls_the_targets_and_no_convolution():
     would not pass), and the images' gradient, which nobody asked for, is not."""
     inputs = layer_inputs(np.zeros((32, 28, 28, 1)), seed=2)
     step = tf.function(
-        lambda *args: values_and_gradients(native.xla_conv_relu_pool, *args), jit_compile=True
+        lambda *args: values_and_gradients(xla_conv_relu_pool, *args), jit_compile=True
     )
     hlo = step.experimental_get_compiler_ir(*inputs)(stage="optimized_hlo")
-    assert f'custom_call_target="{native.XLA_FORWARD}"' in hlo
-    assert f'custom_call_target="{native.XLA_BACKWARD}"' in hlo
+    assert f'custom_call_target="{XLA_FORWARD}"' in hlo
+    assert f'custom_call_target="{XLA_BACKWARD}"' in hlo
     assert "convolution(" not in hlo
 
 
@@ -161,12 +162,12 @@ def test_the_compiled_program_calls_the_targets_and_no_convolution():
     "target, config, said",
     [
         (
-            native.XLA_FORWARD,
+            XLA_FORWARD,
             "batch=4 height=27 width=28 kernels=10 threads=2",
             "fastconv_conv_relu_pool: cannot compute batch=4 height=27 .*must be even",
         ),
         (
-            native.XLA_BACKWARD,
+            XLA_BACKWARD,
             "batch=4",
             'fastconv_conv_relu_pool_grad: backend_config must be "batch=B .*", got "batch=4"',
         ),
@@ -179,7 +180,7 @@ def test_an_error_inside_a_target_is_one_exception_line_naming_it(target, config
     images, winner = tf.zeros([4, 28, 28, 1]), tf.zeros([1960, 4], tf.uint8)
     operands = [images, tf.zeros([3, 3, 1, 10]), tf.zeros([10])]
     results = [tf.TensorSpec([1960, 4]), tf.TensorSpec([1960, 4], tf.uint8)]
-    if target == native.XLA_BACKWARD:
+    if target == XLA_BACKWARD:
         operands = [images, winner, tf.zeros([1960, 4])]
         results = [tf.TensorSpec([3, 3, 1, 10]), tf.TensorSpec([10])]
     call = tf.function(
@@ -195,7 +196,7 @@ def test_an_error_inside_a_target_is_one_exception_line_naming_it(target, config
 def test_shapes_it_cannot_take_are_told_when_traced():
     def traced(images_spec, kernel=(3, 3, 1, 10), bias=(10,)):
         return tf.function(
-            lambda images: native.xla_conv_relu_pool(images, tf.zeros(kernel), tf.zeros(bias)),
+            lambda images: xla_conv_relu_pool(images, tf.zeros(kernel), tf.zeros(bias)),
             jit_compile=True,
             input_signature=[images_spec],
         ).get_concrete_function()
@@ -213,4 +214,4 @@ def test_shapes_it_cannot_take_are_told_when_traced():
 def test_without_the_library_it_raises_the_loaders_reason(monkeypatch):
     monkeypatch.setattr(native, "_load", lambda: (None, "turned off by FASTCONV_NATIVE=0"))
     with pytest.raises(native.NativeUnavailable, match=r"^turned off by FASTCONV_NATIVE=0$"):
-        native.xla_conv_relu_pool(tf.zeros([4, 28, 28, 1]), tf.zeros([3, 3, 1, 10]), tf.zeros([10]))
+        xla_conv_relu_pool(tf.zeros([4, 28, 28, 1]), tf.zeros([3, 3, 1, 10]), tf.zeros([10]))

@@ -1,5 +1,5 @@
 """fastconv's fused first layer, built on the machine it runs on: a TensorFlow op, and two
-XLA custom-call targets for code XLA compiles, where an op cannot go (`xla_conv_relu_pool`).
+XLA custom-call targets for code XLA compiles, where an op cannot go (`custom_calls`).
 
 TensorFlow runs conv + bias + ReLU + max pool and their gradients as separate ops that each
 walk the full-size activations with a minor dimension of 10 channels; `conv_relu_pool.h`
@@ -18,7 +18,6 @@ import fcntl
 import functools
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,9 +29,8 @@ from fastconv.importing import import_tensorflow
 import_tensorflow()  # quietly, when this is the first to import it (`python -m fastconv.native`)
 
 import tensorflow as tf  # noqa: E402
-from tensorflow.compiler.tf2xla.python import xla  # noqa: E402
 
-from fastconv.machine import cpu_cores, cpu_flags  # noqa: E402
+from fastconv.machine import cpu_flags  # noqa: E402
 
 SOURCES = Path(__file__).parent
 # The translation units, compiled together into one library, and all the files the build key
@@ -243,26 +241,14 @@ def ops():
     return library
 
 
-# TensorFlow's persistent cache of compiled XLA programs, which a user turns on in
-# TF_XLA_FLAGS. TensorFlow 2.21's XLA loses a custom call's tuple result when it loads a
-# cached program (CustomCallThunkFromProto in xla/backends/cpu/runtime/thunk_proto_serdes.cc
-# leaves OpBuffers.is_tuple_result false): the targets, which return two arrays each, get
-# their first array where they expect the list of both, and the process dies of a
-# segmentation fault. Where the cache is on, --xla computes the layer with XLA's own ops.
-PERSISTENT_XLA_CACHE = re.compile(r"--tf_xla_persistent_cache_directory=(\S+)")
-
-
 def unavailable(xla: bool = False) -> str | None:
     """Why the kernel cannot be used here (one line), or None when it can: as the op, or
-    with `xla` as XLA custom calls (`xla_conv_relu_pool`)."""
-    why_not = _load()[1]
-    cache = PERSISTENT_XLA_CACHE.search(os.environ.get("TF_XLA_FLAGS", ""))
-    if why_not is None and xla and cache:
-        return (
-            f"TF_XLA_FLAGS sets {cache[0]}, and TensorFlow {tf.__version__} crashes "
-            "running a cached XLA step that holds custom calls"
-        )
-    return why_not
+    with `xla` as XLA custom calls (`fastconv.native.custom_calls.unavailable`)."""
+    if xla:
+        from fastconv.native import custom_calls
+
+        return custom_calls.unavailable()
+    return _load()[1]
 
 
 def conv_relu_pool(images: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
@@ -282,11 +268,11 @@ def _conv_relu_pool_gradient(op, grad_features, _grad_winner):
     )
     # The images' gradient only where asked for (eager tapes say so; graphs prune it).
     skipped = getattr(op, "skip_input_indices", None) or ()
-    images_grad = None if 0 in skipped else _images_gradient(images, kernel, winner, grad_features)
+    images_grad = None if 0 in skipped else images_gradient(images, kernel, winner, grad_features)
     return [images_grad, kernel_grad, bias_grad]
 
 
-def _images_gradient(images, kernel, winner, grad_features):
+def images_gradient(images, kernel, winner, grad_features):
     """The images' gradient, in TensorFlow's ops: training never asks for it, and in a
     tf.function an output nobody reads is pruned, so it costs only those who use it."""
     batch, height, width, _ = tf.unstack(tf.shape(images))
@@ -301,75 +287,3 @@ def _images_gradient(images, kernel, winner, grad_features):
         tf.transpose(windows, [0, 1, 4, 2, 5, 3]), [batch, height, width, kernels]
     )
     return tf.nn.conv2d_transpose(conv_grad, kernel, tf.shape(images), strides=1, padding="SAME")
-
-
-# The XLA custom-call targets of xla_targets.cc, registered when the library loads.
-XLA_FORWARD = "fastconv_conv_relu_pool"
-XLA_BACKWARD = "fastconv_conv_relu_pool_grad"
-
-
-def xla_conv_relu_pool(images: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-    """`conv_relu_pool` for code that XLA compiles (`tf.function(jit_compile=True)`), where
-    the op cannot go: the same kernel, called as XLA custom calls. Takes float32 images
-    (B, H, W, 1), a kernel (3, 3, 1, K) and a bias (K), and returns the float32 features
-    (H/2 * W/2 * K, B), one image per column, as `conv_relu_pool` does; differentiable in
-    `kernel` and `bias` by the backward target, and in the images by TensorFlow's ops.
-
-    The shapes, the batch size included, must be known when the function is traced (a custom
-    call's result shapes are fixed in the graph): a tf.function traces again for each new
-    batch size, but not with a free batch dimension in its input_signature. NativeUnavailable
-    where the library cannot be built or loaded, as `ops()`.
-    """
-    ops()  # loading the library registers the targets
-    images, kernel, bias = (tf.convert_to_tensor(t, tf.float32) for t in (images, kernel, bias))
-    config = _xla_config(images.shape, kernel.shape, bias.shape)
-    features_spec = tf.TensorSpec(
-        [images.shape[1] // 2 * (images.shape[2] // 2) * kernel.shape[3], images.shape[0]]
-    )
-
-    @tf.custom_gradient
-    def conv_relu_pool(images, kernel, bias):
-        features, winner = xla.custom_call_v2(
-            XLA_FORWARD,
-            [images, kernel, bias],
-            [features_spec, tf.TensorSpec(features_spec.shape, tf.uint8)],
-            backend_config=config,
-        )
-
-        def gradient(grad_features):
-            kernel_grad, bias_grad = xla.custom_call_v2(
-                XLA_BACKWARD,
-                [images, winner, grad_features],
-                [tf.TensorSpec(kernel.shape), tf.TensorSpec(bias.shape)],
-                backend_config=config,
-            )
-            # The images' gradient costs nothing where nobody reads it: XLA drops it.
-            images_grad = _images_gradient(images, kernel, winner, grad_features)
-            return images_grad, kernel_grad, bias_grad
-
-        return features, gradient
-
-    return conv_relu_pool(images, kernel, bias)
-
-
-def _xla_config(images: tf.TensorShape, kernel: tf.TensorShape, bias: tf.TensorShape) -> str:
-    """The targets' backend_config: the geometry (from the operands' static shapes, checked
-    here as the op checks them) and the threads to spread the blocks over."""
-    if images.rank != 4 or images[3] != 1 or not images[1:3].is_fully_defined():
-        raise ValueError(f"images must be (batch, height, width, 1), got {images}")
-    batch, height, width, _ = images
-    if height % 2 or width % 2:
-        raise ValueError(f"images must have an even height and width, got {images}")
-    if batch is None:
-        raise ValueError(
-            f"images {images}: the batch size must be known when traced (a custom call's "
-            "result shapes are fixed in the graph); give the tf.function no free batch "
-            "dimension in its input_signature"
-        )
-    if kernel.rank != 4 or kernel[:3] != (3, 3, 1) or kernel[3] is None:
-        raise ValueError(f"kernel must be (3, 3, 1, kernels), got {kernel}")
-    if bias != (kernel[3],):
-        raise ValueError(f"bias must be (kernels,) = ({kernel[3]},), got {bias}")
-    # TensorFlow's intra-op setting, else the CPUs this process may run on, as TensorFlow does.
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or cpu_cores()
-    return f"batch={batch} height={height} width={width} kernels={kernel[3]} threads={threads}"
