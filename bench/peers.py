@@ -278,7 +278,7 @@ def build(peer: Peer) -> tuple[ServeRounds, int, dict]:
     if peer.kind == "keras":
         serve_rounds, work, details = _keras(epochs=peer.total_rounds(), **peer.options)
     else:
-        builders = {"book": _book, "fastconv": _fastconv, "matmul": _matmul, "fma": _fma_peak}
+        builders = {"book": _book, "fastconv": fastconv_epoch, "matmul": _matmul, "fma": _fma_peak}
         run_round, work, details = builders[peer.kind](**peer.options)
         serve_rounds = _each_round(run_round)
     details.setdefault("batch_size", BATCH_SIZE)
@@ -415,7 +415,7 @@ def _keras(
     return serve_rounds, len(x) // BATCH_SIZE * BATCH_SIZE, details
 
 
-def _fastconv(
+def fastconv_epoch(
     xla: bool,
     naive: bool = False,
     shards: int | None = None,
@@ -425,6 +425,8 @@ def _fastconv(
     validation: bool = False,
     conv_form: str | None = None,
 ):
+    """One epoch of a fastconv trainer, as a run of the CLI builds and compiles it: a
+    function that runs it, the images it trains on, and the trainer's settings."""
     import dataclasses
 
     from fastconv import data, runtime

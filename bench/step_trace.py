@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=20, help="the names to list (20)")
     args = parser.parse_args(argv)
     # Before TensorFlow's first op: it sets the run's threads.
-    run_epoch, _, details = peers._fastconv(
+    run_epoch, _, details = peers.fastconv_epoch(
         xla=args.xla, batch_size=args.batch_size, precision=args.precision
     )
     for _ in range(args.warmup):
@@ -56,15 +56,14 @@ def main(argv: list[str] | None = None) -> None:
         seconds[event["name"]] += event["dur"] / 1e6
         calls[event["name"]] += 1
     cores = cpu_cores()
+    busy, inside_xla = (seconds[name] / (wall * cores) for name in (POOL_BUSY, INSIDE_XLA))
     print(f"{details} | one epoch traced: {wall:.3f} s wall, {cores} cores")
     print(
-        f"threads' pools busy {seconds[POOL_BUSY] / (wall * cores):.0%} of the cores' time", end=""
+        f"threads' pools busy {busy:.0%} of the cores' time, inside XLA programs {inside_xla:.0%}"
     )
-    print(f", inside XLA programs {seconds[INSIDE_XLA] / (wall * cores):.0%}")
     print(f"{'total ms':>9} {'calls':>6} {'ms/call':>8}  name")
-    for name in sorted((n for n in seconds if _is_work(n)), key=seconds.get, reverse=True)[
-        : args.top
-    ]:
+    work = sorted((name for name in seconds if _is_work(name)), key=seconds.get, reverse=True)
+    for name in work[: args.top]:
         total = seconds[name] * 1e3
         print(f"{total:9.1f} {calls[name]:6d} {total / calls[name]:8.3f}  {name}")
 

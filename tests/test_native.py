@@ -111,12 +111,17 @@ def test_the_fused_op_on_1_to_4_threads_equals_float64_tensorflow(tmp_path):
         )
         for threads in (1, 2, 3, 4)
     }
-    for threads, run in runs.items():
-        _, errors = run.communicate(timeout=600)
-        assert run.returncode == 0, errors
-        actual = np.load(tmp_path / f"{threads}.npz")
-        for name, value in expected.items():
-            np.testing.assert_array_equal(actual[name], value.numpy(), err_msg=(threads, name))
+    try:
+        for threads, run in runs.items():
+            _, errors = run.communicate(timeout=600)
+            assert run.returncode == 0, errors
+            actual = np.load(tmp_path / f"{threads}.npz")
+            for name, value in expected.items():
+                np.testing.assert_array_equal(actual[name], value.numpy(), err_msg=(threads, name))
+    finally:  # none left running after a failure
+        for run in runs.values():
+            run.kill()
+            run.wait()
 
 
 @pytest.mark.needs_fused_op
