@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         {"label": label, **median_of(results, import_seconds)} for label, results in runs.items()
     ]
-    print(table(rows, args, import_seconds))
+    print(table(rows, args, import_seconds, runs))
     if args.json:
         Path(args.json).write_text(
             json.dumps({"import_seconds": imports, "runs": runs, "rows": rows}, indent=1)
@@ -289,7 +289,9 @@ FOOTNOTES = """\
 """
 
 
-def table(rows: list[dict], args: argparse.Namespace, import_seconds: float) -> str:
+def table(
+    rows: list[dict], args: argparse.Namespace, import_seconds: float, runs: dict[str, list[dict]]
+) -> str:
     keras = [r for r in rows if r["label"].startswith("Keras")]
     keras_wall = min((r["wall"] for r in keras), default=None)
     keras_steps = min((r["steps"] for r in keras), default=None)
@@ -321,29 +323,35 @@ def table(rows: list[dict], args: argparse.Namespace, import_seconds: float) -> 
             _ratio(keras_steps, row["steps"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    if ratios := xla_over_graph(rows):
+    if ratios := xla_over_graph(runs):
         lines += ["", *ratios]
     lines += ["", FOOTNOTES]
     return "\n".join(lines)
 
 
-def xla_over_graph(rows: list[dict]) -> list[str]:
+def xla_over_graph(runs: dict[str, list[dict]]) -> list[str]:
     """Each `--xla` run's speed over its graph twin's (the same flags without `--xla`), wall
-    and steps: issue #27's measure."""
-    by_label = {row["label"]: row for row in rows}
+    and steps: issue #27's measure. Each repeat's two runs are minutes apart at most, so the
+    ratio is taken within each repeat: their median, and their range when there are several."""
     label_of = {c.flags: c.label for c in CONTENDERS if c.kind == "fastconv"}
     lines = []
     for flags, label in label_of.items():
         twin = label_of.get(tuple(flag for flag in flags if flag != "--xla"))
-        if "--xla" in flags and label in by_label and twin in by_label:
-            xla, graph = by_label[label], by_label[twin]
-            lines.append(
-                f"- {label} over {twin}: wall {graph['wall'] / xla['wall']:.2f}x, "
-                f"steps {graph['steps'] / xla['steps']:.2f}x"
-            )
+        if "--xla" in flags and label in runs and twin in runs:
+            pairs = list(zip(runs[twin], runs[label]))
+            speeds = [
+                _speed([graph[key] / xla[key] for graph, xla in pairs]) for key in ("wall", "steps")
+            ]
+            lines.append(f"- {label} over {twin}: wall {speeds[0]}, steps {speeds[1]}")
     if lines:
         lines.insert(0, "`--xla` over the graph path (the graph run's seconds / `--xla`'s):")
     return lines
+
+
+def _speed(ratios: list[float]) -> str:
+    """The median of `ratios`, and their range when there are several: "1.02x (0.95-1.10)"."""
+    median = f"{statistics.median(ratios):.2f}x"
+    return median if len(ratios) == 1 else f"{median} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def _seconds(value: float | None) -> str:
