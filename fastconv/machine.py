@@ -62,6 +62,10 @@ def describe_device(device: DeviceDescription, gpu_count: int) -> str:
     return f"CPU: {device.name} ({cpu_cores()} cores)"
 
 
+# The /proc/cpuinfo flags of a CPU's bfloat16 units.
+BFLOAT16_UNITS = ("amx_bf16", "avx512_bf16")
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceDescription:
     """What the precision choice needs to know of a device."""
@@ -74,7 +78,7 @@ class DeviceDescription:
     @property
     def bfloat16_units(self) -> list[str]:
         """The flags of the CPU's bfloat16 units (AVX512_BF16, AMX); none on a GPU."""
-        return sorted({"avx512_bf16", "amx_bf16"} & self.cpu_flags)
+        return [flag for flag in BFLOAT16_UNITS if flag in self.cpu_flags]
 
 
 def device_description(device: str, gpus: list) -> DeviceDescription:
@@ -115,7 +119,7 @@ def choose_precision(device: DeviceDescription) -> tuple[str, str]:
         return "float32", "GPU without float16 tensor cores (compute capability < 7.0)"
     if device.bfloat16_units:
         return "mixed_bfloat16", f"CPU has bfloat16 units ({', '.join(device.bfloat16_units)})"
-    return "float32", "CPU without bfloat16 units (no avx512_bf16 or amx_bf16)"
+    return "float32", f"CPU without bfloat16 units (no {' or '.join(BFLOAT16_UNITS)})"
 
 
 class DeviceError(ConfigError):
