@@ -274,17 +274,27 @@ def test_a_damaged_cached_library_is_built_again_once_with_one_line(
 @pytest.mark.needs_fused_op
 def test_a_truncated_cached_library_no_longer_kills_the_build_step(built_library, tmp_path):
     """The issue's case end to end: the first 30,000 bytes of a built library at its cache
-    key; `python -m fastconv.native` (and so a run) builds it again instead of dying."""
-    folder = tmp_path / "fastconv" / "native" / built_library.parent.name  # its cache key
+    key; `python -m fastconv.native` (and so a run) builds it again instead of dying. The
+    compiler is $CXX, a stand-in that gives the real one's version and compiles by copying
+    `built_library` (the real compile is `built_library`'s)."""
+    cxx = tmp_path / "c++"
+    cxx.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = --version ] && exec {native.compiler()} --version\n'
+        f'for word; do [ "$last" = -o ] && exec cp {built_library} "$word"; last=$word; done\n'
+    )
+    cxx.chmod(0o755)
+    folder = tmp_path / "fastconv" / "native" / native._build_key(str(cxx))  # its cache key
     shutil.copytree(built_library.parent, folder)
     library = folder / native.LIBRARY
     library.write_bytes(library.read_bytes()[:30_000])
-    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "CXX": str(cxx)}
     command = [sys.executable, "-m", "fastconv.native"]
     run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr
     assert run.stderr.startswith(f"fastconv.native: {library} is damaged")
     assert run.stdout.splitlines()[-1].startswith("fastconv.native: ready in ")
+    assert library.read_bytes() == built_library.read_bytes()  # built again, whole
 
 
 @pytest.mark.parametrize(
