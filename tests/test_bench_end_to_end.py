@@ -1,10 +1,16 @@
-"""bench/end_to_end.py as its user runs it: every contender in its own process on the real
-data, two epochs each (the book's class one, extrapolated), the table and the JSON it writes."""
+"""bench/end_to_end.py as its user runs it: every contender in its own process on real
+Fashion-MNIST images, two epochs each (the book's class one, extrapolated), the table and the
+JSON it writes."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import write_idx
+
+from fastconv import data
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = (
@@ -18,12 +24,24 @@ LABELS = (
 )
 
 
+def a_quarter_of(dataset: data.FashionMNIST, folder: Path) -> Path:
+    """The first quarter of each of the real sets, on disk as Fashion-MNIST's four files: the
+    seven contenders' runs take half the time, the book's eager epoch a quarter."""
+    folder.mkdir()
+    for name, stem in data.FILES.items():
+        array = getattr(dataset, name)
+        write_idx(folder / (stem + ".gz"), array[: len(array) // 4])
+    return folder
+
+
 def test_every_contender_runs_and_its_wall_splits_into_its_parts(fashion_mnist, tmp_path):
     results = tmp_path / "e2e.json"
     command = [sys.executable, "bench/end_to_end.py", "--epochs", "2", "--book-epochs", "1"]
+    quarter = a_quarter_of(fashion_mnist, tmp_path / "quarter")
     done = subprocess.run(
         [*command, "--json", str(results)],
         cwd=ROOT,
+        env={**os.environ, data.ENV_VAR: str(quarter)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -46,8 +64,9 @@ def test_every_contender_runs_and_its_wall_splits_into_its_parts(fashion_mnist, 
         assert abs(parts + row["rest"] - (row["wall"] - row["steps"])) < 1e-9, label
         expected = (row["wall"] + row["exit"] - row["steps"] - import_seconds) / row["steps"]
         assert abs(row["outside_share"] - expected) < 1e-9, label
-        # Trained, not just run: two epochs of the book's run (one of its class) pass 0.7.
-        assert 0.7 < row["val_accuracy"] < 1 and 0.7 < row["test_accuracy"] < 1, label
+        # Trained, not just run: two epochs on a quarter of the images (one for the book's
+        # class) reach over five times chance's 0.1.
+        assert 0.5 < row["val_accuracy"] < 1 and 0.5 < row["test_accuracy"] < 1, label
     for label in LABELS[:4]:  # fastconv's parts come from its run folder and its lines
         assert rows[label]["compile"] > 0 and rows[label]["per_epoch"] > 0, label
         assert rows[label]["epochs_run"] == 2
