@@ -266,9 +266,9 @@ def place(
         )
     why_not_fused = None if on_gpu else native.unavailable(config.xla)
     if why_not_fused:
-        kernel = "custom calls are" if config.xla else "op is"
+        kind = "custom calls are" if config.xla else "op is"
         notes.append(
-            f"note: fastconv's fused conv {kernel} not available ({why_not_fused}); the first "
+            f"note: fastconv's fused conv {kind} not available ({why_not_fused}); the first "
             "layer runs as TensorFlow's ops"
         )
     if config.xla and settings["precision"] == "mixed_bfloat16" and description.bfloat16_units:

@@ -245,7 +245,7 @@ def unavailable(xla: bool = False) -> str | None:
     """Why the kernel cannot be used here (one line), or None when it can: as the op, or
     with `xla` as XLA custom calls (`fastconv.native.custom_calls.unavailable`)."""
     if xla:
-        from fastconv.native import custom_calls
+        from fastconv.native import custom_calls  # here: it imports this module
 
         return custom_calls.unavailable()
     return _load()[1]

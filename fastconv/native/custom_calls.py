@@ -57,9 +57,12 @@ def persistent_cache() -> str | None:
         words = shlex.split(text)
     except ValueError:  # an unclosed quote
         words = text.split()
-    flags = dict(word.lstrip("-").partition("=")[::2] for word in words)
+    flags = {}
+    for word in words:  # --name=value
+        name, _, value = word.lstrip("-").partition("=")
+        flags[name] = value
     devices = flags.get(CACHE_DEVICES_FLAG, "").split(",")
-    on_this_cpu = devices == [""] or {"CPU", "XLA_CPU_JIT"} & set(devices)
+    on_this_cpu = devices == [""] or not {"CPU", "XLA_CPU_JIT"}.isdisjoint(devices)
     return (flags.get(CACHE_FOLDER_FLAG) or None) if on_this_cpu else None
 
 
