@@ -339,10 +339,10 @@ def xla_over_graph(runs: dict[str, list[dict]]) -> list[str]:
         twin = label_of.get(tuple(flag for flag in flags if flag != "--xla"))
         if "--xla" in flags and label in runs and twin in runs:
             pairs = list(zip(runs[twin], runs[label]))
-            speeds = [
+            wall, steps = (
                 _speed([graph[key] / xla[key] for graph, xla in pairs]) for key in ("wall", "steps")
-            ]
-            lines.append(f"- {label} over {twin}: wall {speeds[0]}, steps {speeds[1]}")
+            )
+            lines.append(f"- {label} over {twin}: wall {wall}, steps {steps}")
     if lines:
         lines.insert(0, "`--xla` over the graph path (the graph run's seconds / `--xla`'s):")
     return lines
