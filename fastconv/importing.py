@@ -6,6 +6,11 @@ the run's own lines. `import_tensorflow` imports it, and lists the GPUs (where t
 probing happens), with C's stderr (file descriptor 2) going to a temporary file that is
 shown only when the import fails. Its later C++ lines are held back by TF_CPP_MIN_LOG_LEVEL,
 set to 3 here unless the user asks to see them: TF_CPP_MIN_LOG_LEVEL=0 shows everything.
+
+Where TF_XLA_FLAGS is set, nothing is held back. TensorFlow reads it as it lists the devices,
+and on a flag it does not know (or a file of flags it cannot open) it ends the process at
+once, exit code 1, with a line of its own that names the flag: no Python code runs after it
+to show what was held back, so that line must go straight to the terminal.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ def import_tensorflow() -> None:
     loud = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
     if not loud:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    with contextlib.nullcontext() if loud else _c_stderr_held_back():
+    hold_back = not loud and not os.environ.get("TF_XLA_FLAGS")
+    with _c_stderr_held_back() if hold_back else contextlib.nullcontext():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")

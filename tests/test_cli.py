@@ -84,6 +84,22 @@ def test_xla_runs_again_from_tensorflows_persistent_xla_cache(data_dir, tmp_path
         ], run.stdout
 
 
+def test_a_flag_tensorflow_does_not_know_in_tf_xla_flags_ends_the_run_with_its_line(
+    data_dir, tmp_path
+):
+    # TensorFlow reads TF_XLA_FLAGS as fastconv imports it, and on an unknown flag ends the
+    # process at once: its line must reach the terminal (it was held back with the
+    # import's other lines, and the run ended with exit code 1 and nothing said).
+    env = {**os.environ, "TF_XLA_FLAGS": "--fastconv_no_such_flag"}
+    run = run_script("train.py", "--data-dir", str(data_dir), cwd=tmp_path, env=env)
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[-1].endswith(
+        "Unknown flag in TF_XLA_FLAGS: --fastconv_no_such_flag"
+    )
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_defaults_are_the_books_run():
     args = cli.build_parser().parse_args([])
     config = cli.config_from_args(args)

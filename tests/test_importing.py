@@ -33,6 +33,9 @@ class config:
     @staticmethod
     def list_physical_devices(kind):
         os.write(2, b"E0000 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN ERROR\\n")
+        if os.environ.get("TF_XLA_FLAGS") == "--no_such_flag":  # as TensorFlow's parser ends it
+            os.write(2, b"F0000 parse_flags_from_env.cc:234] Unknown flag in TF_XLA_FLAGS\\n")
+            os._exit(1)
         return []
 """
 
@@ -87,6 +90,23 @@ def test_tf_cpp_min_log_level_0_lets_tensorflows_lines_through(stand_in):
         "E0000 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN ERROR",
         "after the import 0",
     ]
+
+
+def test_with_tf_xla_flags_set_tensorflows_own_end_of_the_process_reaches_the_terminal(stand_in):
+    """TensorFlow ends the process on a flag of TF_XLA_FLAGS it does not know, before any
+    Python code could show what was held back: where it is set, nothing is held back."""
+    result = stand_in(AROUND_THE_IMPORT, TF_XLA_FLAGS="--no_such_flag")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "before the import",
+        "I0000 cudart_stub.cc:31] Could not find cuda drivers",
+        "E0000 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN ERROR",
+        "F0000 parse_flags_from_env.cc:234] Unknown flag in TF_XLA_FLAGS",
+    ]
+    # A flag it knows: the lines come through, and the later ones are still held back.
+    result = stand_in(AROUND_THE_IMPORT, TF_XLA_FLAGS="--tf_xla_auto_jit=2")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "after the import 3"
 
 
 def test_a_failed_import_shows_tensorflows_lines_and_its_error(stand_in):
