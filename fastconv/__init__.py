@@ -4,7 +4,14 @@ from fastconv import ConvolutionNetwork   # the book's class, compiled underneat
 from fastconv import TrainConfig, train_and_evaluate
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# fastconv is built on Keras's TensorFlow backend. Keras reads KERAS_BACKEND (or keras.json's
+# "backend") as it is imported, and another backend would fail to import or not be
+# TensorFlow's: every Keras import in fastconv comes after this package's.
+os.environ["KERAS_BACKEND"] = "tensorflow"
 
 __all__ = ["ConvolutionNetwork", "TrainConfig", "__version__", "train_and_evaluate"]
 

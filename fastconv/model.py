@@ -39,17 +39,18 @@ class ConvNet(tf.Module):
         super().__init__(name=name)
         self.n_kernels, self.units = n_kernels, units
         self.dtype_policy = keras.DTypePolicy(dtype_policy)
-        # One generator for the three draws: distinct weights, reproducible from `seed`.
+        # One generator for the three draws: distinct weights, reproducible from `seed`; in
+        # float32 whatever Keras's default float type (`floatx`, which keras.json may set).
         glorot = keras.initializers.GlorotUniform(seed=keras.random.SeedGenerator(seed))
         n_features = POOLED_SIZE * POOLED_SIZE * n_kernels
         with self.name_scope:
             self.conv_w = tf.Variable(
-                glorot((KERNEL_SIZE, KERNEL_SIZE, 1, n_kernels)), name="conv_w"
+                glorot((KERNEL_SIZE, KERNEL_SIZE, 1, n_kernels), "float32"), name="conv_w"
             )
             self.conv_b = tf.Variable(tf.zeros([n_kernels]), name="conv_b")
-            self.w1 = tf.Variable(glorot((n_features, units)), name="w1")
+            self.w1 = tf.Variable(glorot((n_features, units), "float32"), name="w1")
             self.b1 = tf.Variable(tf.zeros([units]), name="b1")
-            self.w2 = tf.Variable(glorot((units, NUM_CLASSES)), name="w2")
+            self.w2 = tf.Variable(glorot((units, NUM_CLASSES), "float32"), name="w2")
             self.b2 = tf.Variable(tf.zeros([NUM_CLASSES]), name="b2")
 
     @property

@@ -100,6 +100,24 @@ def test_a_flag_tensorflow_does_not_know_in_tf_xla_flags_ends_the_run_with_its_l
     assert not (tmp_path / "runs").exists()
 
 
+def test_keras_settings_for_another_backend_and_float64_train_the_same_float32_run(
+    data_dir, tmp_path
+):
+    # A Keras 3 user's KERAS_BACKEND and keras.json: Keras's import failed on the JAX
+    # backend, and a float64 `floatx` made the weights float64 (a TypeError at the fused op).
+    keras_home = tmp_path / "keras-home"
+    keras_home.mkdir()
+    (keras_home / "keras.json").write_text('{"backend": "jax", "floatx": "float64"}')
+    env = {**os.environ, "KERAS_BACKEND": "jax", "KERAS_HOME": str(keras_home)}
+    logdir = tmp_path / "run"
+    flags = ("--data-dir", str(data_dir), "--epochs", "1", "--logdir", str(logdir))
+    run = run_script("train.py", *flags, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    dtypes = tf.train.load_checkpoint(str(logdir / "checkpoints")).get_variable_to_dtype_map()
+    weights = {name: dtype for name, dtype in dtypes.items() if name.startswith("model/")}
+    assert weights and set(weights.values()) == {tf.float32}, dtypes
+
+
 def test_defaults_are_the_books_run():
     args = cli.build_parser().parse_args([])
     config = cli.config_from_args(args)
