@@ -241,6 +241,18 @@ def test_a_failed_compile_is_remembered_until_a_retry(empty_cache, monkeypatch):
     assert len(compiles) == 2
 
 
+@pytest.mark.needs_fused_op
+def test_a_compile_stopped_by_ctrl_c_is_not_remembered(built_library, empty_cache, monkeypatch):
+    """Ctrl-C reaches the compiler too: that compile failed, but the next run builds (here
+    by copying the library built above) instead of falling back for good."""
+    interrupted = lambda *args: ["sh", "-c", "kill -INT $$"]  # noqa: E731
+    monkeypatch.setattr(native, "compile_command", interrupted)
+    with pytest.raises(native.NativeUnavailable, match=r"was stopped by signal 2 on "):
+        native.build()
+    monkeypatch.setattr(native, "compile_command", copied_in(built_library))
+    assert native.build().read_bytes() == built_library.read_bytes()
+
+
 DAMAGE = {
     "truncated": lambda library, digest: library.write_bytes(library.read_bytes()[:30_000]),
     "empty": lambda library, digest: library.write_bytes(b""),

@@ -133,7 +133,8 @@ def build(verbose: bool = False, retry: bool = False) -> Path:
     this CPU lacks AVX2 and FMA or the compiler fails (its first error line in the message).
 
     A failed compile is remembered in the cache (`FAILED`), so later runs say why without
-    compiling again, until `retry` (`python -m fastconv.native`). A cached library is read
+    compiling again, until `retry` (`python -m fastconv.native`); a compiler stopped by a
+    signal is not a failed compile. A cached library is read
     whole and checked against the digest written beside it before it is used: one damaged
     (a build cut short, a full disk) or not written by this build is removed and built again
     (mapping a truncated library kills the process with a bus error).
@@ -172,6 +173,9 @@ def build(verbose: bool = False, retry: bool = False) -> Path:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=900)
             except subprocess.TimeoutExpired:
                 raise NativeUnavailable(f"{Path(cxx).name} took over 900 s on {names}") from None
+            if done.returncode < 0:  # stopped by a signal (Ctrl-C): not the source's fault
+                why = f"{Path(cxx).name} was stopped by signal {-done.returncode} on {names}"
+                raise NativeUnavailable(why)  # so not remembered: the next run builds again
             if done.returncode:
                 errors = [line for line in done.stderr.splitlines() if "error:" in line]
                 first = (errors or done.stderr.splitlines() or ["no output"])[0].strip()
