@@ -143,7 +143,8 @@ def read_images_and_labels(images_path: Path, labels_path: Path) -> tuple[np.nda
 
 
 def find_file(folder: Path, stem: str) -> Path | None:
-    """The file `stem` or `stem.gz` in `folder`, the compressed one first; None if neither."""
+    """The file `stem` or `stem.gz` in `folder`, the compressed one first; None if neither.
+    PermissionError where this user may not look into `folder` (or a folder above it)."""
     for name in (stem + ".gz", stem):
         if (folder / name).is_file():
             return folder / name
@@ -151,7 +152,10 @@ def find_file(folder: Path, stem: str) -> Path | None:
 
 
 def holds_dataset(folder: Path) -> bool:
-    return all(find_file(folder, stem) for stem in FILES.values())
+    try:
+        return all(find_file(folder, stem) for stem in FILES.values())
+    except OSError:  # a folder this user may not look into holds no data for it
+        return False
 
 
 def candidate_dirs() -> list[Path]:
@@ -168,9 +172,12 @@ def locate(data_dir: str | os.PathLike | None = None, download: bool = True) -> 
     """
     if data_dir is not None:
         folder = Path(data_dir)
-        if not folder.is_dir():
-            raise DataError(f"{folder}: no such directory (--data-dir)")
-        missing = [stem for stem in FILES.values() if not find_file(folder, stem)]
+        try:
+            if not folder.is_dir():
+                raise DataError(f"{folder}: no such directory (--data-dir)")
+            missing = [stem for stem in FILES.values() if not find_file(folder, stem)]
+        except OSError as error:
+            raise DataError(f"{folder}: cannot read ({error.strerror}) (--data-dir)") from None
         if missing:
             raise DataError(f"{folder}: missing {', '.join(missing)} (.gz or raw)")
         return folder

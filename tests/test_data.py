@@ -1,6 +1,8 @@
 """The IDX reader, the search for the data set, and the book's split."""
 
 import gzip
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +121,27 @@ def test_explicit_folder_is_never_replaced(no_default_dirs):
     (partial / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(data.DataError, match="missing t10k-labels-idx1-ubyte"):
         data.locate(partial)
+
+
+def test_a_folder_this_user_may_not_look_into_is_passed_over_or_named(no_default_dirs, monkeypatch):
+    """Keras's cache in the home of another user (mode 0700, as in containers run under
+    another uid) made Path.is_file raise PermissionError, a traceback: the search goes on to
+    Debian's folder, and --data-dir says it cannot read it. Simulated, as the tests may run
+    as root, who may look anywhere."""
+    locked = write_dataset(data.KERAS_CACHE)
+    debian = write_dataset(data.DEBIAN_DIR)
+    is_file = Path.is_file
+
+    def refused(path):
+        if locked in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", refused)
+    assert data.locate(download=False) == debian
+    said = f"{locked}: cannot read (Permission denied) (--data-dir)"
+    with pytest.raises(data.DataError, match=f"^{re.escape(said)}$"):
+        data.locate(locked)
 
 
 def test_downloads_into_keras_cache_when_nothing_is_found(no_default_dirs, monkeypatch):
