@@ -132,6 +132,8 @@ def _hparam(value):
         return "none"
     if isinstance(value, tuple | list):
         return ",".join(str(item) for item in value)
+    if isinstance(value, str):  # a path whose bytes are not UTF-8 (surrogates): escaped
+        return value.encode(errors="surrogateescape").decode(errors="backslashreplace")
     return value
 
 

@@ -361,6 +361,22 @@ def escaped(text) -> str:
     return str(text).encode("ascii", "backslashreplace").decode()
 
 
+def test_a_data_dir_whose_name_python_cannot_decode_trains(data_dir, tmp_path):
+    """Under the C locale (no coercion, no UTF-8 mode) Python holds a non-ASCII path as
+    surrogates: the data reads as well, but TensorBoard's hparams, which take UTF-8 text,
+    ended the run in a traceback after its folder was written."""
+    c_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    korean_data = tmp_path / "데이터"
+    korean_data.symlink_to(data_dir)
+    run = run_script(
+        "train.py",
+        *["--data-dir", str(korean_data), "--logdir", str(tmp_path / "run"), "--epochs", "1"],
+        env=c_locale,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(data_dir, tmp_path):
     """The book's Korean title in --help, and non-ASCII paths in the run's lines and errors."""
     ascii_terminal = {**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
