@@ -70,9 +70,11 @@ def cluster() -> tuple[list[str], int]:
             f"{len(workers)} workers (type worker, index 0 to {len(workers) - 1})"
         )
     for address in workers:
-        if not re.fullmatch(r".+:\d+", str(address)):
+        port = re.fullmatch(r".+:(\d+)", str(address))
+        if not port or not 0 < int(port[1]) < 65536:
             raise ConfigError(
-                f"--strategy multi-worker: TF_CONFIG's worker {address!r} is not host:port"
+                f"--strategy multi-worker: TF_CONFIG's worker {address!r} is not host:port "
+                "(a port from 1 to 65535)"
             )
     return workers, index
 

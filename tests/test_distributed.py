@@ -3,6 +3,7 @@ mirrored replicas equal to one device, and two workers on loopback."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -392,13 +393,16 @@ def test_a_worker_timeout_that_is_not_a_positive_number_is_refused(monkeypatch, 
         workers.timeout()
 
 
-def test_a_worker_address_without_a_port_is_refused(monkeypatch):
+@pytest.mark.parametrize("address", ["b.example", "b.example:0", "b.example:99999"])
+def test_a_worker_address_without_a_port_is_refused(monkeypatch, address):
+    """A port past 65535 was an OverflowError traceback where this worker listens on it."""
     tf_config = {
-        "cluster": {"worker": ["127.0.0.1:1", "b.example"]},
+        "cluster": {"worker": ["127.0.0.1:1", address]},
         "task": {"type": "worker", "index": 0},
     }
     monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-    with pytest.raises(ConfigError, match=r"TF_CONFIG's worker 'b\.example' is not host:port"):
+    said = f"TF_CONFIG's worker {address!r} is not host:port (a port from 1 to 65535)"
+    with pytest.raises(ConfigError, match=re.escape(said)):
         workers.cluster()
 
 
