@@ -123,6 +123,11 @@ def require_utf8(flag: str, folder: Path) -> None:
         raise RunFolderError(
             f"{flag} {folder}: the name is not UTF-8, which TensorFlow needs; choose another"
         ) from None
+    except OSError as error:  # a relative name, and the current folder removed
+        raise RunFolderError(
+            f"{flag} {folder}: the current folder is gone ({error.strerror}); start the run "
+            "from another, or give a full path"
+        ) from None
 
 
 def require_fresh(folder: Path) -> None:

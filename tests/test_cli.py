@@ -361,6 +361,21 @@ def escaped(text) -> str:
     return str(text).encode("ascii", "backslashreplace").decode()
 
 
+def test_a_run_started_in_a_removed_folder_is_refused_in_one_line(data_dir, tmp_path):
+    """The default --logdir is relative: a FileNotFoundError traceback from os.getcwd."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = 'cd "$1" && rmdir "$1" && exec "$2" "$3" --data-dir "$4" --epochs 1'
+    command = ["sh", "-c", script, "sh", str(gone), sys.executable, str(SCRIPTS / "train.py")]
+    run = subprocess.run([*command, str(data_dir)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert re.fullmatch(
+        r"error: --logdir runs/\S+: the current folder is gone \(No such file or directory\); "
+        r"start the run from another, or give a full path\n",
+        run.stderr,
+    ), run.stderr
+
+
 def test_a_data_dir_whose_name_python_cannot_decode_trains(data_dir, tmp_path):
     """Under the C locale (no coercion, no UTF-8 mode) Python holds a non-ASCII path as
     surrogates: the data reads as well, but TensorBoard's hparams, which take UTF-8 text,
