@@ -94,7 +94,10 @@ def find_start(directory: Path) -> Start:
             f"{directory}: no intact checkpoint to resume from; "
             + "; ".join(f"{bad} is damaged ({why})" for bad, why in damaged)
         )
-    raise NothingToResume(f"{directory}: no checkpoint to resume from")
+    raise NothingToResume(
+        f"{directory}: no checkpoint to resume from (the run stopped before its first); start "
+        "the run again in a new --logdir, or in this one once it is removed"
+    )
 
 
 def _listed(directory: Path) -> tuple[list[int] | None, list[str]]:
