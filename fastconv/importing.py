@@ -42,13 +42,18 @@ def import_tensorflow() -> None:
 @contextlib.contextmanager
 def _c_stderr_held_back():
     """File descriptor 2 goes to a temporary file meanwhile; what was written there is
-    shown if the block raises. A process started without stderr has nothing to hold."""
-    if sys.stderr is None:
+    shown if the block raises. A process started without stderr has nothing to hold, and
+    one without a writable temporary folder (a read-only root) nowhere to hold it."""
+    try:
+        held = tempfile.TemporaryFile() if sys.stderr else None  # noqa: SIM115 (`with held` below)
+    except OSError:
+        held = None
+    if held is None:
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
+    with held:
         os.dup2(held.fileno(), 2)
         try:
             yield

@@ -9,9 +9,12 @@ refuses its input would hang there, so those tests prove the order, not a timing
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from fastconv import importing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,3 +173,16 @@ def test_ctrl_c_as_tensorflow_is_about_to_be_imported_ends_at_once(stand_in, tmp
     assert result.returncode == 130
     assert result.stderr == "error: interrupted by SIGINT during start-up; nothing was saved\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_without_a_writable_temporary_folder_nothing_is_held_back(monkeypatch, capfd):
+    """On a read-only root (no /tmp, /var/tmp or current folder to write in) the temporary
+    file raised FileNotFoundError, a traceback: the lines go to the terminal instead."""
+
+    def no_folder(*args, **kwargs):
+        raise FileNotFoundError(2, "No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_folder)
+    with importing._c_stderr_held_back():
+        os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers\n")
+    assert capfd.readouterr().err == "I0000 cudart_stub.cc:31] Could not find cuda drivers\n"
