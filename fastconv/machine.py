@@ -172,6 +172,7 @@ def make_strategy(
     if name == "none":
         return None
     if name == "mirrored":
+        workers.tf_config("mirrored")  # MirroredStrategy reads it too: refused here, in one line
         kind = "GPU" if on_gpu else "CPU"
         return tf.distribute.MirroredStrategy(
             [d.name for d in tf.config.list_logical_devices(kind)]

@@ -53,16 +53,16 @@ class WorkersLost(Exception):
 def cluster() -> tuple[list[str], int]:
     """The workers TF_CONFIG lists and this process's index among them (0 is the chief);
     ConfigError saying what is wrong with it."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
+    config = tf_config("multi-worker")
+    if config is None:
         raise ConfigError(
             "--strategy multi-worker: TF_CONFIG is not set (see docs/usage.md, Multi-worker)"
         )
     try:
-        config = json.loads(text)
         workers, task = config["cluster"]["worker"], config["task"]
         kind, index = task["type"], task["index"]
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
+        text = os.environ["TF_CONFIG"]
         raise ConfigError(f"--strategy multi-worker: TF_CONFIG is not valid: {text}") from None
     if kind != "worker" or type(index) is not int or not 0 <= index < len(workers):
         raise ConfigError(
@@ -77,6 +77,18 @@ def cluster() -> tuple[list[str], int]:
                 "(a port from 1 to 65535)"
             )
     return workers, index
+
+
+def tf_config(strategy: str) -> dict | None:
+    """TF_CONFIG's JSON, or None where it is unset; ConfigError where it is not JSON, which
+    TensorFlow's strategies would raise as they read it (even "mirrored" reads it)."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ConfigError(f"--strategy {strategy}: TF_CONFIG is not valid JSON: {text}") from None
 
 
 def own_folder(logdir: str, strategy: str) -> Path:

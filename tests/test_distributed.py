@@ -94,6 +94,19 @@ def test_multi_worker_without_tf_config_exits_2(tmp_path):
     ]
 
 
+def test_a_tf_config_that_is_not_json_is_one_line_exit_2_under_mirrored_too(tmp_path):
+    """MirroredStrategy reads TF_CONFIG as well: its JSONDecodeError was a traceback."""
+    folder = write_dataset(tmp_path / "data")
+    run = run_script(
+        "train.py",
+        *("--strategy", "mirrored", "--data-dir", str(folder), "--logdir", str(tmp_path / "r")),
+        env={**os.environ, "TF_CONFIG": "garbage{"},
+    )
+    assert run.returncode == 2
+    assert errors(run) == ["error: --strategy mirrored: TF_CONFIG is not valid JSON: garbage{"]
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(
     "task", [{"type": "worker", "index": 5}, {"type": "ps", "index": 0}, {"type": "worker"}]
 )
