@@ -58,7 +58,8 @@ class Worker:
         self._connection, child = context.Pipe()
         self._process = context.Process(target=serve, args=(child, peer_name), daemon=True)
         self._process.start()
-        reply = self._connection.recv()
+        child.close()  # the peer's end is its process's alone: its death ends a recv()
+        reply = self._receive()
         if reply[0] == "error":
             self.close()
             raise RuntimeError(f"peer {peer_name} failed to start: {reply[1]}")
@@ -67,10 +68,21 @@ class Worker:
 
     def run_round(self) -> None:
         self._connection.send("round")
-        reply = self._connection.recv()
+        reply = self._receive()
         if reply[0] == "error":
             raise RuntimeError(f"peer {self.peer_name}: {reply[1]}")
         self.round_seconds.append(reply[1])
+
+    def _receive(self):
+        """The peer's next reply; RuntimeError, not a wait for good, when its process died."""
+        try:
+            return self._connection.recv()
+        except EOFError:
+            self._process.join(timeout=30)
+            code = self._process.exitcode
+            raise RuntimeError(
+                f"peer {self.peer_name}'s process ended (exit code {code})"
+            ) from None
 
     def close(self) -> None:
         if self._process.is_alive():
