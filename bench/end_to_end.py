@@ -91,9 +91,20 @@ def main(argv: list[str] | None = None) -> None:
         default="fastconv,keras,book",
         help="comma-separated kinds to run (default: fastconv,keras,book)",
     )
-    add("--json", metavar="FILE", help="also write every run's figures to FILE")
+    # Opened now: a path that cannot be written is refused before the runs, not after them.
+    add(
+        "--json",
+        metavar="FILE",
+        type=argparse.FileType("w"),
+        help="also write every run's figures to FILE",
+    )
     args = parser.parse_args(argv)
+    for flag in ("epochs", "repeats", "book_epochs"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     kinds = set(args.only.split(","))
+    if unknown := kinds - {c.kind for c in CONTENDERS}:
+        parser.error(f"--only: no kind {', '.join(sorted(unknown))} (fastconv, keras, book)")
     contenders = [c for c in CONTENDERS if c.kind in kinds]
 
     timed(IMPORT)  # untimed: TensorFlow's files into the page cache
@@ -109,9 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(table(rows, args, import_seconds, runs))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"import_seconds": imports, "runs": runs, "rows": rows}, indent=1)
-        )
+        with args.json:
+            json.dump({"import_seconds": imports, "runs": runs, "rows": rows}, args.json, indent=1)
 
 
 @dataclasses.dataclass

@@ -116,9 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="fast", help="the recipe to run (default: fast)")
     parser.add_argument("--seeds", type=int, default=5, help="how many seeds (default: 5)")
     parser.add_argument("--first-seed", type=int, default=42, help="the first seed (default: 42)")
-    parser.add_argument("--json", metavar="PATH", help="also write every run's metrics here")
+    # Opened now: a path that cannot be written is refused before the runs, not after them.
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        type=argparse.FileType("w"),
+        help="also write every run's metrics here",
+    )
     parser.add_argument("train_flags", nargs="*", help="after --: flags for scripts/train.py")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
 
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     runs = []
@@ -142,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table([summarize(run) for run in runs]))
     if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=2) + "\n")
+        with args.json:
+            args.json.write(json.dumps(runs, indent=2) + "\n")
     return 0
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import write_idx
 
 from fastconv import data
@@ -78,3 +79,26 @@ def test_every_contender_runs_and_its_wall_splits_into_its_parts(fashion_mnist, 
         assert said in table, table
     (book,) = saved["runs"][LABELS[-1]]  # one epoch run, the second extrapolated
     assert book["epochs_run"] == 1 and rows[LABELS[-1]]["compile"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--epochs", "-1"], "--epochs must be at least 1"),
+        (["--only", "fastconv,kears"], "--only: no kind kears (fastconv, keras, book)"),
+        (["--json", "no/such/folder/e2e.json"], "argument --json: can't open"),
+    ],
+)
+def test_bad_flags_are_refused_before_any_run(flags, said):
+    """They were found after the runs (a traceback of statistics or of the JSON's write,
+    its figures lost), or not at all (--only with a typo: an empty table, exit code 0)."""
+    done = subprocess.run(
+        [sys.executable, "bench/end_to_end.py", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines()[-1].startswith(f"end_to_end.py: error: {said}")

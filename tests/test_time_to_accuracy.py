@@ -62,3 +62,20 @@ def test_smoke_run_prints_each_seed_and_the_mean(tmp_path):
     assert saved[0]["train_seconds"] == pytest.approx(
         sum(e["seconds"] for e in saved[0]["history"])
     )
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--json", "no/such/folder/runs.json"], "argument --json: can't open"),
+    ],
+)
+def test_bad_flags_are_refused_before_any_seed_runs(flags, said, capsys):
+    """--seeds 0 was an IndexError traceback; a --json that cannot be written failed after
+    every seed had run, and lost them."""
+    with pytest.raises(SystemExit) as exit:
+        load_script().main(flags)
+    assert exit.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert f": error: {said}" in line  # after the program's name, pytest's here
