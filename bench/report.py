@@ -9,9 +9,9 @@ settings it ran with.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 
 from fastconv.data import IMAGE_SIZE, NUM_CLASSES
 from fastconv.model import KERNEL_SIZE, POOLED_SIZE
@@ -295,7 +295,22 @@ def training_flops_per_image(n_kernels: int = 10, units: int = 100) -> int:
     return 2 * conv + 3 * dense
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "json", metavar="BENCHMARK_JSON", help="written by pytest bench/ --benchmark-json=FILE"
+    )
+    path = parser.parse_args(argv).json
+    try:
+        rows, machine = rows_from_json(path)
+    except OSError as error:
+        parser.error(f"{path}: cannot read it ({error.strerror})")
+    except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError: ValueError
+        parser.error(f"{path}: not the JSON of pytest bench/ --benchmark-json")
+    if not rows:
+        parser.error(f"{path}: holds no run of fastconv's benchmarks (pytest bench/)")
+    print(format_table(rows, machine))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python bench/report.py BENCHMARK_JSON")
-    print(format_table(*rows_from_json(sys.argv[1])))
+    main()

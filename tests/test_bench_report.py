@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+import report
 from report import combined, format_table, nominal_gflops, training_flops_per_image, xla_twins
 
 
@@ -210,3 +211,25 @@ def test_the_command_prints_the_table_of_a_saved_benchmark_json(tmp_path):
     assert "machine: test CPU, 2 cores, cpu family 25 model 1" in done.stdout
     gflops = f"{1000 * training_flops_per_image() / 1e9:.1f}"
     assert any(line.startswith("fastconv") and gflops in line for line in done.stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        (None, "cannot read it (No such file or directory)"),
+        ("", "not the JSON of pytest bench/ --benchmark-json"),
+        ('{"rows": []}', "not the JSON of pytest bench/ --benchmark-json"),  # end_to_end's
+        ("[1, 2, 3]", "not the JSON of pytest bench/ --benchmark-json"),
+        ('{"benchmarks": []}', "holds no run of fastconv's benchmarks (pytest bench/)"),
+    ],
+)
+def test_a_file_that_is_not_a_benchmark_json_is_one_line(tmp_path, capsys, content, said):
+    """Each was a traceback (FileNotFoundError, JSONDecodeError, KeyError, TypeError), or,
+    for a benchmark JSON without fastconv's rows, an empty table and exit code 0."""
+    path = tmp_path / "bench.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit:
+        report.main([str(path)])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {path}: {said}")
