@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import statistics
 import time
@@ -79,12 +80,15 @@ def images_per_second(run, images: int, seconds: float) -> float:
             return count * images / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=0.5)
-    parser.add_argument("--loop", action="store_true")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--rounds", type=int, default=7, help="interleaved rounds of every form (7)")
+    add("--seconds", type=float, default=0.5, help="the least time of a form's round (0.5)")
+    add("--loop", action="store_true", help="also time loops of 20 steps compiled as one function")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or not 0 < args.seconds < math.inf:  # NaN: a round that never ends
+        parser.error("--rounds must be at least 1, and --seconds a positive number")
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     dataset = data.load(download=False)

@@ -1,0 +1,36 @@
+"""The bench scripts as their users run them, given values they cannot run with: one line
+from argparse, exit code 2, before any measurement."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "script, flags, said",
+    [
+        # NaN seconds: a round that never ended, so the script hung.
+        ("xla_custom_call.py", ["--seconds", "nan"], "--seconds a positive number"),
+        ("xla_custom_call.py", ["--rounds", "0"], "--rounds must be at least 1"),
+        # Tracebacks before: fastconv's ConfigError, and the book's IndexError on no epoch.
+        ("step_trace.py", ["--batch-size", "100000"], "is larger than the 48000 training"),
+        ("step_trace.py", ["--warmup", "-1"], "--warmup at least 0"),
+        ("book_end_to_end.py", ["--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
+def test_a_value_a_bench_script_cannot_run_with_is_one_line(fashion_mnist, script, flags, said):
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert line.startswith(f"{script}: error: ") and said in line, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
