@@ -19,6 +19,7 @@ STARTED_AT = time.perf_counter()  # before any import: the parts below add up fr
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -58,7 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="INTRAxINTER thread pools, for example 2x1, or default: TensorFlow's (default)",
     )
     add("--eval-batch-size", type=int, default=256, help="images per evaluation step (256)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if min(args.epochs, args.steps_per_execution, args.eval_batch_size) < 1:
+        parser.error("--epochs, --steps-per-execution and --eval-batch-size must be at least 1")
+    if args.threads != "default" and not re.fullmatch(r"[1-9]\d*x[1-9]\d*", args.threads):
+        parser.error(f"--threads {args.threads}: not INTRAxINTER, two counts of at least 1")
+    return args
 
 
 def main(argv=None) -> None:

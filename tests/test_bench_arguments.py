@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
         ("step_trace.py", ["--batch-size", "100000"], "is larger than the 48000 training"),
         ("step_trace.py", ["--warmup", "-1"], "--warmup at least 0"),
         ("book_end_to_end.py", ["--epochs", "0"], "--epochs must be at least 1"),
+        # A ValueError traceback, and with -1 threads TensorFlow's abort (exit code 134).
+        ("keras_end_to_end.py", ["--threads=-1x1"], "not INTRAxINTER, two counts"),
+        ("keras_end_to_end.py", ["--steps-per-execution", "0"], "must be at least 1"),
     ],
 )
 def test_a_value_a_bench_script_cannot_run_with_is_one_line(fashion_mnist, script, flags, said):
