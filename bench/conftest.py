@@ -38,6 +38,19 @@ class Workers:
             self.close(peer_name)
 
 
+def pytest_configure(config):
+    """Refuses at once a --benchmark-json that cannot be written: pytest-benchmark writes it
+    after the whole run, where its error lost the figures and this table."""
+    path = config.getoption("benchmark_json", None)
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise pytest.UsageError(
+            f"--benchmark-json={path}: cannot be written (a folder, or in no writable folder)"
+        )
+
+
 @pytest.fixture(scope="session")
 def peer_workers():
     workers = Workers()

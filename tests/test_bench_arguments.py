@@ -37,3 +37,19 @@ def test_a_value_a_bench_script_cannot_run_with_is_one_line(fashion_mnist, scrip
     (line,) = [line for line in done.stderr.splitlines() if ": error: " in line]
     assert line.startswith(f"{script}: error: ") and said in line, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_pytest_bench_refuses_a_benchmark_json_it_could_not_write_before_any_run(tmp_path):
+    """pytest-benchmark writes --benchmark-json after the whole run: a path in no folder
+    failed there, in a traceback that lost the figures and fastconv's table."""
+    path = tmp_path / "no-such-folder" / "bench.json"
+    command = [sys.executable, "-m", "pytest", "bench/", "--benchmark-only", "-k", "no_peer"]
+    done = subprocess.run(
+        [*command, f"--benchmark-json={path}", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 4  # pytest's usage error
+    assert f"ERROR: --benchmark-json={path}: cannot be written" in done.stderr
