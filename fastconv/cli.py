@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -253,7 +254,8 @@ def configure(args: argparse.Namespace, resume: bool) -> TrainConfig:
         return dataclasses.replace(config, logdir=config.logdir or str(rundir.default_logdir()))
     saved = Path(args.logdir) / rundir.CONFIG
     if not saved.is_file() and "TF_CONFIG" in os.environ:  # a worker's folder on its machine
-        saved = workers.own_folder(args.logdir, "multi-worker") / rundir.CONFIG
+        with contextlib.suppress(ConfigError):  # a TF_CONFIG of no cluster names none
+            saved = workers.own_folder(args.logdir, "multi-worker") / rundir.CONFIG
     if not saved.is_file():
         raise ConfigError(f"{saved}: not found; is {args.logdir} a fastconv run folder?")
     try:

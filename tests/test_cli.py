@@ -16,6 +16,7 @@ from folders import go_on, run_paused_in_checkpoint
 from helpers import SCRIPTS, idx_bytes, run_script, write_dataset
 
 from fastconv import cli
+from fastconv.config import ConfigError
 
 
 def train(*flags: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -116,6 +117,18 @@ def test_keras_settings_for_another_backend_and_float64_train_the_same_float32_r
     dtypes = tf.train.load_checkpoint(str(logdir / "checkpoints")).get_variable_to_dtype_map()
     weights = {name: dtype for name, dtype in dtypes.items() if name.startswith("model/")}
     assert weights and set(weights.values()) == {tf.float32}, dtypes
+
+
+@pytest.mark.parametrize("tf_config", [None, "garbage{"])
+def test_resume_of_a_folder_without_a_run_says_so(tmp_path, monkeypatch, tf_config):
+    """With a TF_CONFIG that names no cluster exported, it blamed --strategy multi-worker,
+    which the user never gave."""
+    if tf_config:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    args = cli.build_parser().parse_args(["--resume", "--logdir", str(tmp_path / "r")])
+    said = f"{tmp_path / 'r' / 'config.json'}: not found; is {tmp_path / 'r'} a fastconv run"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        cli.configure(args, resume=True)
 
 
 def test_defaults_are_the_books_run():
