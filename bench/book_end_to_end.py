@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs to run (default: 3)")
     args = parser.parse_args(argv)
     if args.epochs < 1:
-        parser.error("--epochs must be at least 1")
+        parser.error(f"--epochs {args.epochs}: must be at least 1")
     seconds = {"import": IMPORT_SECONDS}
 
     start = time.perf_counter()

@@ -91,20 +91,23 @@ def main(argv: list[str] | None = None) -> None:
         default="fastconv,keras,book",
         help="comma-separated kinds to run (default: fastconv,keras,book)",
     )
-    # Opened now: a path that cannot be written is refused before the runs, not after them.
+    # Opened now, to append: a path that cannot be written is refused before the runs, and
+    # an earlier file is kept until they have all run (then it is replaced).
     add(
         "--json",
         metavar="FILE",
-        type=argparse.FileType("w"),
+        type=argparse.FileType("a"),
         help="also write every run's figures to FILE",
     )
     args = parser.parse_args(argv)
     for flag in ("epochs", "repeats", "book_epochs"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    kinds = set(args.only.split(","))
-    if unknown := kinds - {c.kind for c in CONTENDERS}:
-        parser.error(f"--only: no kind {', '.join(sorted(unknown))} (fastconv, keras, book)")
+        if (value := getattr(args, flag)) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+    kinds, known = set(args.only.split(",")), dict.fromkeys(c.kind for c in CONTENDERS)
+    if unknown := kinds - known.keys():
+        parser.error(
+            f"--only {args.only}: no kind {', '.join(sorted(unknown))} ({', '.join(known)})"
+        )
     contenders = [c for c in CONTENDERS if c.kind in kinds]
 
     timed(IMPORT)  # untimed: TensorFlow's files into the page cache
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(rows, args, import_seconds, runs))
     if args.json:
         with args.json:
+            args.json.truncate(0)
             json.dump({"import_seconds": imports, "runs": runs, "rows": rows}, args.json, indent=1)
 
 

@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     add("--eval-batch-size", type=int, default=256, help="images per evaluation step (256)")
     args = parser.parse_args(argv)
-    if min(args.epochs, args.steps_per_execution, args.eval_batch_size) < 1:
-        parser.error("--epochs, --steps-per-execution and --eval-batch-size must be at least 1")
+    for flag in ("epochs", "steps_per_execution", "eval_batch_size"):
+        if (value := getattr(args, flag)) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {value}: must be at least 1")
     if args.threads != "default" and not re.fullmatch(r"[1-9]\d*x[1-9]\d*", args.threads):
         parser.error(f"--threads {args.threads}: not INTRAxINTER, two counts of at least 1")
     return args

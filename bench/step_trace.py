@@ -38,21 +38,22 @@ INSIDE_XLA = "CpuExecutable::ExecuteAsyncOnStream"
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--xla", action="store_true", help="trace --xla's step")
+    parser.add_argument("--precision", default="float32", help="the run's --precision (float32)")
     parser.add_argument(
-        "--precision", choices=("float32", "mixed_bfloat16"), default="float32", help="(float32)"
+        "--batch-size", type=int, default=peers.BATCH_SIZE, help="images a step (the book's)"
     )
-    parser.add_argument("--batch-size", type=int, default=peers.BATCH_SIZE, help="(128)")
     parser.add_argument("--warmup", type=int, default=3, help="untraced epochs first (3)")
     parser.add_argument("--top", type=int, default=20, help="the names to list (20)")
     args = parser.parse_args(argv)
-    if min(args.batch_size, args.top) < 1 or args.warmup < 0:
-        parser.error("--batch-size and --top must be at least 1, --warmup at least 0")
+    for flag, least in (("warmup", 0), ("top", 1)):
+        if (value := getattr(args, flag)) < least:
+            parser.error(f"--{flag} {value}: must be at least {least}")
     # Before TensorFlow's first op: it sets the run's threads.
     try:
         run_epoch, _, details = peers.fastconv_epoch(
             xla=args.xla, batch_size=args.batch_size, precision=args.precision
         )
-    except ConfigError as error:  # a batch larger than the training set
+    except ConfigError as error:  # fastconv's own checks: batch size, precision
         parser.error(str(error))
     for _ in range(args.warmup):
         run_epoch()

@@ -116,17 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="fast", help="the recipe to run (default: fast)")
     parser.add_argument("--seeds", type=int, default=5, help="how many seeds (default: 5)")
     parser.add_argument("--first-seed", type=int, default=42, help="the first seed (default: 42)")
-    # Opened now: a path that cannot be written is refused before the runs, not after them.
+    # Opened now, to append: a path that cannot be written is refused before the runs, and
+    # an earlier file is kept until they have all run (then it is replaced).
     parser.add_argument(
         "--json",
         metavar="PATH",
-        type=argparse.FileType("w"),
+        type=argparse.FileType("a"),
         help="also write every run's metrics here",
     )
     parser.add_argument("train_flags", nargs="*", help="after --: flags for scripts/train.py")
     args = parser.parse_args(argv)
     if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
+        parser.error(f"--seeds {args.seeds}: must be at least 1")
 
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     runs = []
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table([summarize(run) for run in runs]))
     if args.json:
         with args.json:
+            args.json.truncate(0)
             args.json.write(json.dumps(runs, indent=2) + "\n")
     return 0
 

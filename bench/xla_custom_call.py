@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     add("--seconds", type=float, default=0.5, help="the least time of a form's round (0.5)")
     add("--loop", action="store_true", help="also time loops of 20 steps compiled as one function")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or not 0 < args.seconds < math.inf:  # NaN: a round that never ends
-        parser.error("--rounds must be at least 1, and --seconds a positive number")
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
+    if not 0 < args.seconds < math.inf:  # NaN: a round that never ends
+        parser.error(f"--seconds {args.seconds}: must be a positive number")
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     dataset = data.load(download=False)

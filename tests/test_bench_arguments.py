@@ -14,15 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
     "script, flags, said",
     [
         # NaN seconds: a round that never ended, so the script hung.
-        ("xla_custom_call.py", ["--seconds", "nan"], "--seconds a positive number"),
-        ("xla_custom_call.py", ["--rounds", "0"], "--rounds must be at least 1"),
+        ("xla_custom_call.py", ["--seconds", "nan"], "--seconds nan: must be a positive number"),
+        ("xla_custom_call.py", ["--rounds", "0"], "--rounds 0: must be at least 1"),
         # Tracebacks before: fastconv's ConfigError, and the book's IndexError on no epoch.
         ("step_trace.py", ["--batch-size", "100000"], "is larger than the 48000 training"),
-        ("step_trace.py", ["--warmup", "-1"], "--warmup at least 0"),
-        ("book_end_to_end.py", ["--epochs", "0"], "--epochs must be at least 1"),
+        ("step_trace.py", ["--warmup", "-1"], "--warmup -1: must be at least 0"),
+        ("book_end_to_end.py", ["--epochs", "0"], "--epochs 0: must be at least 1"),
         # A ValueError traceback, and with -1 threads TensorFlow's abort (exit code 134).
         ("keras_end_to_end.py", ["--threads=-1x1"], "not INTRAxINTER, two counts"),
-        ("keras_end_to_end.py", ["--steps-per-execution", "0"], "must be at least 1"),
+        ("keras_end_to_end.py", ["--steps-per-execution", "0"], "--steps-per-execution 0: must"),
     ],
 )
 def test_a_value_a_bench_script_cannot_run_with_is_one_line(fashion_mnist, script, flags, said):

@@ -67,7 +67,7 @@ def test_smoke_run_prints_each_seed_and_the_mean(tmp_path):
 @pytest.mark.parametrize(
     "flags, said",
     [
-        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--seeds", "0"], "--seeds 0: must be at least 1"),
         (["--json", "no/such/folder/runs.json"], "argument --json: can't open"),
     ],
 )
