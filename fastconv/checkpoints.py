@@ -95,8 +95,8 @@ def find_start(directory: Path) -> Start:
             + "; ".join(f"{bad} is damaged ({why})" for bad, why in damaged)
         )
     raise NothingToResume(
-        f"{directory}: no checkpoint to resume from (the run stopped before its first); start "
-        "the run again in a new --logdir, or in this one once it is removed"
+        f"{directory}: no checkpoint to resume from (the run stopped before its first); "
+        f"remove {directory.parent} and start again, or start in a new --logdir"
     )
 
 

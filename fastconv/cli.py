@@ -78,7 +78,7 @@ def _value_type(annotation) -> type:
     return options[0] if options else annotation
 
 
-NUMBER_NAMES = {int: "a whole number", float: "a number"}  # in a flag error, for a user
+_NUMBER_NAMES = {int: "a whole number", float: "a number"}  # in a flag error, for a user
 
 
 def _value_parser(flag, kind: type):
@@ -89,7 +89,7 @@ def _value_parser(flag, kind: type):
         try:
             value = parse(text)
         except ValueError as error:
-            what = str(error) if flag.parse else f"is not {NUMBER_NAMES.get(kind, kind.__name__)}"
+            what = str(error) if flag.parse else f"is not {_NUMBER_NAMES.get(kind, kind.__name__)}"
             raise argparse.ArgumentTypeError(f"{text!r} {what}") from None
         # argparse itself checks choices, and says so in its own words.
         if flag.check is not None and flag.choices is None and not flag.check(value):

@@ -154,7 +154,7 @@ def find_file(folder: Path, stem: str) -> Path | None:
 def holds_dataset(folder: Path) -> bool:
     try:
         return all(find_file(folder, stem) for stem in FILES.values())
-    except OSError:  # a folder this user may not look into holds no data for it
+    except PermissionError:  # a folder this user may not look into holds no data for it
         return False
 
 

@@ -116,7 +116,8 @@ def claimed(logdir: str | os.PathLike) -> Iterator[Path]:
 
 def require_utf8(flag: str, folder: Path) -> None:
     """Refuses a folder whose path is not UTF-8 (bytes a file system allows, which Python
-    holds as surrogates): TensorFlow takes file names as UTF-8 text only."""
+    holds as surrogates): TensorFlow takes file names as UTF-8 text only. A relative path
+    is made absolute for that, which needs the current folder: refused too where it is gone."""
     try:
         str(folder.absolute()).encode()
     except UnicodeEncodeError:

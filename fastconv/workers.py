@@ -80,15 +80,19 @@ def cluster() -> tuple[list[str], int]:
 
 
 def tf_config(strategy: str) -> dict | None:
-    """TF_CONFIG's JSON, or None where it is unset; ConfigError where it is not JSON, which
-    TensorFlow's strategies would raise as they read it (even "mirrored" reads it)."""
+    """TF_CONFIG's JSON object, or None where it is unset; ConfigError where it is not a
+    JSON object, which TensorFlow's strategies would raise as they read it (even "mirrored"
+    reads it)."""
     text = os.environ.get("TF_CONFIG")
     if not text:
         return None
     try:
-        return json.loads(text)
+        config = json.loads(text)
     except ValueError:
-        raise ConfigError(f"--strategy {strategy}: TF_CONFIG is not valid JSON: {text}") from None
+        config = None
+    if not isinstance(config, dict):
+        raise ConfigError(f"--strategy {strategy}: TF_CONFIG is not a JSON object: {text}")
+    return config
 
 
 def own_folder(logdir: str, strategy: str) -> Path:

@@ -101,6 +101,18 @@ def test_a_flag_tensorflow_does_not_know_in_tf_xla_flags_ends_the_run_with_its_l
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_flag_xla_does_not_know_in_xla_flags_ends_an_xla_run_with_its_line(data_dir, tmp_path):
+    # Read as XLA first compiles, after the run's folder is written (docs/usage.md, exit 1).
+    env = {**os.environ, "XLA_FLAGS": "--fastconv_no_such_flag"}
+    flags = ("--xla", "--data-dir", str(data_dir), "--logdir", str(tmp_path / "run"))
+    run = run_script("train.py", *flags, cwd=tmp_path, env=env)
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[-1].endswith(
+        "Unknown flag in XLA_FLAGS: --fastconv_no_such_flag"
+    )
+    assert "Traceback" not in run.stderr
+
+
 def test_keras_settings_for_another_backend_and_float64_train_the_same_float32_run(
     data_dir, tmp_path
 ):
@@ -123,6 +135,7 @@ def test_keras_settings_for_another_backend_and_float64_train_the_same_float32_r
 def test_resume_of_a_folder_without_a_run_says_so(tmp_path, monkeypatch, tf_config):
     """With a TF_CONFIG that names no cluster exported, it blamed --strategy multi-worker,
     which the user never gave."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     if tf_config:
         monkeypatch.setenv("TF_CONFIG", tf_config)
     args = cli.build_parser().parse_args(["--resume", "--logdir", str(tmp_path / "r")])

@@ -103,7 +103,7 @@ def test_a_tf_config_that_is_not_json_is_one_line_exit_2_under_mirrored_too(tmp_
         env={**os.environ, "TF_CONFIG": "garbage{"},
     )
     assert run.returncode == 2
-    assert errors(run) == ["error: --strategy mirrored: TF_CONFIG is not valid JSON: garbage{"]
+    assert errors(run) == ["error: --strategy mirrored: TF_CONFIG is not a JSON object: garbage{"]
     assert not (tmp_path / "r").exists()
 
 
@@ -407,7 +407,7 @@ def test_a_worker_timeout_that_is_not_a_positive_number_is_refused(monkeypatch, 
 
 
 @pytest.mark.parametrize("address", ["b.example", "b.example:0", "b.example:99999"])
-def test_a_worker_address_without_a_port_is_refused(monkeypatch, address):
+def test_a_worker_address_without_a_valid_port_is_refused(monkeypatch, address):
     """A port past 65535 was an OverflowError traceback where this worker listens on it."""
     tf_config = {
         "cluster": {"worker": ["127.0.0.1:1", address]},

@@ -109,7 +109,12 @@ def test_with_tf_xla_flags_set_tensorflows_own_end_of_the_process_reaches_the_te
     # A flag it knows: the lines come through, and the later ones are still held back.
     result = stand_in(AROUND_THE_IMPORT, TF_XLA_FLAGS="--tf_xla_auto_jit=2")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines()[-1] == "after the import 3"
+    assert result.stderr.splitlines() == [
+        "before the import",
+        "I0000 cudart_stub.cc:31] Could not find cuda drivers",
+        "E0000 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN ERROR",
+        "after the import 3",
+    ]
 
 
 def test_a_failed_import_shows_tensorflows_lines_and_its_error(stand_in):

@@ -245,7 +245,10 @@ def test_a_failed_compile_is_remembered_until_a_retry(empty_cache, monkeypatch):
 def test_a_compile_stopped_by_ctrl_c_is_not_remembered(built_library, empty_cache, monkeypatch):
     """Ctrl-C reaches the compiler too: that compile failed, but the next run builds (here
     by copying the library built above) instead of falling back for good."""
-    interrupted = lambda *args: ["sh", "-c", "kill -INT $$"]  # noqa: E731
+    # SIGINT to itself, its default action restored: a job started in the background (no
+    # job control) inherits SIGINT ignored.
+    interrupt = "import os, signal; signal.signal(2, signal.SIG_DFL); os.kill(os.getpid(), 2)"
+    interrupted = lambda *args: [sys.executable, "-c", interrupt]  # noqa: E731
     monkeypatch.setattr(native, "compile_command", interrupted)
     with pytest.raises(native.NativeUnavailable, match=r"was stopped by signal 2 on "):
         native.build()

@@ -409,7 +409,7 @@ def test_no_intact_checkpoint_is_one_line_exit_2(finished, tmp_path, capsys):
     assert f"{directory / 'ckpt-50'} is damaged (" in line
     assert snapshot(run) == before
     # A run stopped before its first checkpoint (Ctrl-C while compiling): what to do instead.
-    said = "no checkpoint to resume from (the run stopped before its first); start the run "
+    said = f"no checkpoint to resume from (the run stopped before its first); remove {tmp_path}"
     with pytest.raises(NothingToResume, match=re.escape(said)):
         checkpoints.find_start(tmp_path / "empty")
 
