@@ -75,6 +75,14 @@ print("after the import", tensorflow.imported_with, file=sys.stderr)
 """
 
 
+# The command's line, then the stand-in's two, as they reach the terminal when let through.
+THROUGH = [
+    "before the import",
+    "I0000 cudart_stub.cc:31] Could not find cuda drivers",
+    "E0000 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN ERROR",
+]
+
+
 @pytest.mark.parametrize("level", [None, "1", "2", "3"])
 def test_tensorflows_cpp_lines_are_held_back_whatever_the_log_level(stand_in, level):
     """The import's lines and the GPU listing's (the cuInit error that level 2 lets through)
@@ -87,12 +95,7 @@ def test_tensorflows_cpp_lines_are_held_back_whatever_the_log_level(stand_in, le
 def test_tf_cpp_min_log_level_0_lets_tensorflows_lines_through(stand_in):
     result = stand_in(AROUND_THE_IMPORT, TF_CPP_MIN_LOG_LEVEL="0")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        "before the import",
-        "I0000 cudart_stub.cc:31] Could not find cuda drivers",
-        "E0000 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN ERROR",
-        "after the import 0",
-    ]
+    assert result.stderr.splitlines() == [*THROUGH, "after the import 0"]
 
 
 def test_with_tf_xla_flags_set_tensorflows_own_end_of_the_process_reaches_the_terminal(stand_in):
@@ -101,20 +104,13 @@ def test_with_tf_xla_flags_set_tensorflows_own_end_of_the_process_reaches_the_te
     result = stand_in(AROUND_THE_IMPORT, TF_XLA_FLAGS="--no_such_flag")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "before the import",
-        "I0000 cudart_stub.cc:31] Could not find cuda drivers",
-        "E0000 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN ERROR",
+        *THROUGH,
         "F0000 parse_flags_from_env.cc:234] Unknown flag in TF_XLA_FLAGS",
     ]
     # A flag it knows: the lines come through, and the later ones are still held back.
     result = stand_in(AROUND_THE_IMPORT, TF_XLA_FLAGS="--tf_xla_auto_jit=2")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        "before the import",
-        "I0000 cudart_stub.cc:31] Could not find cuda drivers",
-        "E0000 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN ERROR",
-        "after the import 3",
-    ]
+    assert result.stderr.splitlines() == [*THROUGH, "after the import 3"]
 
 
 def test_a_failed_import_shows_tensorflows_lines_and_its_error(stand_in):
