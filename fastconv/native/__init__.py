@@ -134,10 +134,10 @@ def build(verbose: bool = False, retry: bool = False) -> Path:
 
     A failed compile is remembered in the cache (`FAILED`), so later runs say why without
     compiling again, until `retry` (`python -m fastconv.native`); a compiler stopped by a
-    signal is not a failed compile. A cached library is read
-    whole and checked against the digest written beside it before it is used: one damaged
-    (a build cut short, a full disk) or not written by this build is removed and built again
-    (mapping a truncated library kills the process with a bus error).
+    signal is not a failed compile. A cached library is read whole and checked against the
+    digest written beside it before it is used: one damaged (a build cut short, a full disk)
+    or not written by this build is removed and built again (mapping a truncated library
+    kills the process with a bus error).
     """
     # The op is written for 8 or 16 lanes a vector; on narrower ones it was never measured.
     if missing := missing_vector_units():
